@@ -1,0 +1,31 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+
+let package = Package(
+  name: "distill",
+  platforms: [.macOS(.v13)],
+  products: [
+    .executable(name: "distill", targets: ["distill"]),
+    .library(name: "DistillCore", targets: ["DistillCore"]),
+    .library(name: "DistillONNX", targets: ["DistillONNX"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+  ],
+  targets: [
+    .target(
+      name: "COnnx", path: "proto", sources: ["onnx.pb-c.c", "onnx_wire.c"], publicHeadersPath: "include",
+      linkerSettings: [.linkedLibrary("protobuf-c")]),
+    .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
+    .target(name: "DistillCore", dependencies: ["CBLAS"], swiftSettings: optimize),
+    .target(name: "DistillONNX", dependencies: ["DistillCore", "COnnx"], swiftSettings: optimize),
+    .executableTarget(
+      name: "distill",
+      dependencies: ["DistillCore", "DistillONNX", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      swiftSettings: optimize),
+    .testTarget(name: "DistillONNXTests", dependencies: ["DistillONNX", "DistillCore"]),
+    .testTarget(name: "CLITests", dependencies: ["DistillONNX"]),
+  ]
+)
