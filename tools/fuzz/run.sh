@@ -76,7 +76,7 @@ build() {
     -c -o "$out/obj/DistillONNX.o" "${onnx_sources[@]}"
   "$swiftc" "${sanitize_swift[@]}" -parse-as-library -module-name FuzzImport \
     -I "$out/modules" "${cblas[@]}" "${connx[@]}" "$harness" "$out"/obj/*.o \
-    -lprotobuf-c -lopenblas -o "$binary"
+    -use-ld=lld -lprotobuf-c -lopenblas -o "$binary"
   echo "$stamp" >"$out/fuzz-import.stamp"
 }
 

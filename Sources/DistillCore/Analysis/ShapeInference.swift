@@ -176,7 +176,10 @@ public enum ShapeInference {
       return [StaticValue(type: first.type, dims: [product(dims[..<axis]), product(dims[axis...])])]
     case "Reshape":
       guard let first else { return [] }
-      guard let target = input(1)?.values else { return [StaticValue(type: first.type, dims: nil)] }
+      guard let target = input(1)?.values else {
+        let rank = input(1)?.dims?.first ?? nil
+        return [StaticValue(type: first.type, dims: rank.map { Array(repeating: nil, count: $0) })]
+      }
       let allowZero = (int("allowzero") ?? 0) != 0
       var dims: [Int?] = target.enumerated().map { index, value in
         if value == 0 && !allowZero { return first.dims.flatMap { index < $0.count ? $0[index] : nil } }

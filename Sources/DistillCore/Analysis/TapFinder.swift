@@ -53,31 +53,85 @@ public enum TapFinder {
       return false
     }
 
+    var headFinal = Set<String>()
+    for node in graph.nodes where node.opType == "Conv" {
+      if let output = node.outputs.first, isFeatureMap(output), reachesOutputWithoutConv(output) { headFinal.insert(output) }
+    }
+    /// True when everything downstream of node `index` is head: it reaches head-final convs and
+    /// outputs without any op that changes the spatial size (strided conv, pool, resize).
+    var pureCache: [Int: Bool] = [:]
+    func isPureHead(_ start: Int) -> Bool {
+      if let cached = pureCache[start] { return cached }
+      var stack = [start]
+      var seen: Set<Int> = [start]
+      var pure = true
+      while let index = stack.popLast() {
+        let node = graph.nodes[index]
+        if node.opType == "Conv", let output = node.outputs.first, headFinal.contains(output) { continue }
+        let strided = (node.intsAttribute("strides") ?? []).contains { $0 > 1 }
+        if strided || ["MaxPool", "AveragePool", "Resize", "Upsample", "ConvTranspose", "RoiAlign"].contains(node.opType) {
+          pure = false
+          break
+        }
+        for output in node.outputs where !output.isEmpty {
+          for next in consumers[output] ?? [] where seen.insert(next).inserted { stack.append(next) }
+        }
+      }
+      pureCache[start] = pure
+      return pure
+    }
+    /// Consumers of `name`, not counting a gate (x * sigmoid(x) and the like) whose output goes
+    /// only to other consumers of `name`.
+    func branches(of name: String) -> [Int] {
+      let direct = consumers[name] ?? []
+      return direct.filter { index in
+        let gateOutputs = graph.nodes[index].outputs.filter { !$0.isEmpty }
+        let feedsSiblingsOnly = gateOutputs.allSatisfy { output in
+          let users = consumers[output] ?? []
+          return !users.isEmpty && users.allSatisfy { direct.contains($0) }
+        }
+        return !(graph.nodes[index].inputs.count == 1 && feedsSiblingsOnly)
+      }
+    }
+
+    // Walk up from each head-final conv while everything below is head. The highest value seen
+    // that feeds two or more head branches is the level the towers share (RetinaNet, FCOS, SSD);
+    // without one, the conv reads its level directly (YOLO).
+    var headConvs: [(node: Node, level: String)] = []
+    for node in graph.nodes where node.opType == "Conv" {
+      guard let output = node.outputs.first, headFinal.contains(output) else { continue }
+      var current = node.inputs[0]
+      var sharedLevel: String?
+      for _ in 0..<512 {
+        let uses = branches(of: current)
+        let pure = uses.filter(isPureHead)
+        if pure.count >= 2 { sharedLevel = current }
+        guard pure.count == uses.count, let source = producer[current], let next = source.inputs.first, !next.isEmpty
+        else { break }
+        current = next
+      }
+      headConvs.append((node, sharedLevel ?? node.inputs[0]))
+    }
     var suggestions: [TapSuggestion] = []
     var seenFeatures = Set<String>()
-    for node in graph.nodes where node.opType == "Conv" {
-      guard let output = node.outputs.first, isFeatureMap(output), reachesOutputWithoutConv(output) else { continue }
+    for (node, level) in headConvs {
+      let output = node.outputs[0]
       suggestions.append(
         TapSuggestion(
           kind: .headOutput, name: output, stride: stride(of: output), shape: shapes[output]?.shapeDescription ?? "?",
           producer: node.label))
-      var current = node.inputs[0]
-      for _ in 0..<256 {
-        guard let source = producer[current], (consumers[current]?.count ?? 0) < 2,
-          let next = source.inputs.first, !next.isEmpty
-        else { break }
-        current = next
-      }
-      if isFeatureMap(current), seenFeatures.insert(current).inserted {
+      if isFeatureMap(level), seenFeatures.insert(level).inserted {
         suggestions.append(
           TapSuggestion(
-            kind: .feature, name: current, stride: stride(of: current), shape: shapes[current]?.shapeDescription ?? "?",
-            producer: producer[current]?.label ?? "graph input"))
+            kind: .feature, name: level, stride: stride(of: level), shape: shapes[level]?.shapeDescription ?? "?",
+            producer: producer[level]?.label ?? "graph input"))
       }
     }
-    // A head has branches at two or more strides; a lone final conv (a classifier) is no detection head.
-    let strides = Set(suggestions.compactMap(\.stride))
-    guard strides.count >= 2 else { return [] }
-    return suggestions.sorted { ($0.kind.rawValue, $0.stride ?? 0, $0.name) < ($1.kind.rawValue, $1.stride ?? 0, $1.name) }
+    // A detection head reads two or more feature levels; a lone final conv (a classifier) is no head.
+    guard seenFeatures.count >= 2 else { return [] }
+    // By stride where known, else in graph order (levels usually run from fine to coarse).
+    return suggestions.enumerated().sorted {
+      ($0.element.kind.rawValue, $0.element.stride ?? 0, $0.offset) < ($1.element.kind.rawValue, $1.element.stride ?? 0, $1.offset)
+    }.map(\.element)
   }
 }
