@@ -108,7 +108,7 @@ enum ProtobufBridge {
       var model = Model()
       model.irVersion = m.has_ir_version != 0 ? m.ir_version : nil
       model.opsetImports = messages(m.opset_import, m.n_opset_import).map {
-        OperatorSetID(domain: string($0.domain) ?? "", version: $0.has_version != 0 ? $0.version : 0)
+        OperatorSetID(domain: string($0.domain), version: $0.has_version != 0 ? $0.version : 0)
       }
       model.producerName = string(m.producer_name)
       model.producerVersion = string(m.producer_version)

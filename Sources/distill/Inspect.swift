@@ -119,7 +119,7 @@ struct ModelReport: Encodable {
     file = path
     irVersion = model.irVersion
     opsets = Dictionary(
-      model.opsetImports.map { ($0.domain.isEmpty ? "ai.onnx" : $0.domain, $0.version) },
+      model.opsetImports.map { (Graph.canonicalDomain($0.domain ?? "").isEmpty ? "ai.onnx" : $0.domain!, $0.version) },
       uniquingKeysWith: { _, last in last })
     producer = [model.producerName, model.producerVersion].compactMap { $0 }.joined(separator: " ")
     inputs = graph.inputs.filter { input in !graph.initializers.contains { $0.name == input.name } }.map(value)

@@ -18,10 +18,10 @@ public struct OpaqueMessage: Hashable, Sendable {
 }
 
 public struct OperatorSetID: Hashable, Sendable {
-  /// "" (or "ai.onnx") is the default operator set.
-  public var domain: String
+  /// "" (or "ai.onnx") is the default operator set; nil when the file left the field out.
+  public var domain: String?
   public var version: Int64
-  public init(domain: String, version: Int64) {
+  public init(domain: String?, version: Int64) {
     self.domain = domain
     self.version = version
   }
@@ -56,6 +56,6 @@ public struct Model: Sendable {
   /// The opset version the model imports for `domain` ("" and "ai.onnx" are the same domain).
   public func opsetVersion(forDomain domain: String) -> Int64? {
     let wanted = Graph.canonicalDomain(domain)
-    return opsetImports.last { Graph.canonicalDomain($0.domain) == wanted }?.version
+    return opsetImports.last { Graph.canonicalDomain($0.domain ?? "") == wanted }?.version
   }
 }

@@ -1,0 +1,58 @@
+# distill: `make demo` runs the main job on the shipped model, `make test` runs every test.
+# Both install what they need first (Debian packages; the onnx/onnxruntime Python packages for the
+# independent round-trip checks).
+
+APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libopenblas-dev libonnx-dev libonnx-testdata \
+                libpng-dev libjpeg62-turbo-dev
+PYTHON_PACKAGES := onnx onnxruntime numpy
+SWIFT ?= swift
+DISTILL_DEBUG := .build/debug/distill
+DISTILL := .build/release/distill
+
+.PHONY: all deps python-deps build release test demo fuzz fixtures detectors clean
+
+all: build
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@command -v $(SWIFT) >/dev/null || { echo "swift not found: install Swift 6 (https://swift.org) and put it on PATH" >&2; exit 1; }
+
+python-deps:
+	@python3 -c "import onnx, onnxruntime, numpy" 2>/dev/null || \
+	  python3 -m pip install -q $(PYTHON_PACKAGES) || \
+	  { echo "could not install $(PYTHON_PACKAGES) from PyPI" >&2; exit 1; }
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+test: deps python-deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --disable-swift-testing
+	python3 tools/check_roundtrip.py $(DISTILL_DEBUG) $$(ls Tests/Fixtures/models/*/model.onnx | grep -v attributes_custom_op)
+	@if python3 -c "import torch, torchvision" 2>/dev/null; then \
+	  python3 tools/export_detectors.py .build-fixtures/detectors && \
+	  python3 tools/check_roundtrip.py $(DISTILL_DEBUG) .build-fixtures/detectors/*/model.onnx; \
+	else echo "skipped: round trips of torchvision detectors (PyTorch and torchvision are not installed)"; fi
+
+demo: release
+	$(DISTILL) inspect models/tiny_fpn.onnx
+	@mkdir -p .build/demo
+	$(DISTILL) export models/tiny_fpn.onnx --out .build/demo/tiny_fpn.onnx
+	@cmp models/tiny_fpn.onnx .build/demo/tiny_fpn.onnx && echo "demo: the exported model is byte-identical to models/tiny_fpn.onnx"
+
+# Bounded libFuzzer run over the import path (SECONDS=60 by default).
+fuzz: deps
+	tools/fuzz/run.sh $(or $(SECONDS),60)
+
+fixtures:
+	python3 tools/make_fixtures.py
+
+clean:
+	rm -rf .build .build-fixtures .build-fuzz
