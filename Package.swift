@@ -27,5 +27,6 @@ let package = Package(
       swiftSettings: optimize),
     .testTarget(name: "DistillONNXTests", dependencies: ["DistillONNX", "DistillCore"]),
     .testTarget(name: "CLITests", dependencies: ["DistillONNX"]),
+    .testTarget(name: "ConformanceTests", dependencies: ["DistillCore", "DistillONNX"]),
   ]
 )

@@ -97,6 +97,23 @@ public enum ModelFile {
     return ProtobufBridge.encodeModel(inline)
   }
 
+  /// Reads a `TensorProto` file (`input_0.pb`, `output_0.pb`, ...).
+  public static func readTensor(_ path: String) throws -> TensorValue {
+    guard let data = FileManager.default.contents(atPath: path) else {
+      throw ONNXError.unreadable(file: path, reason: FileManager.default.fileExists(atPath: path) ? "permission denied" : "no such file")
+    }
+    let tensor = try ProtobufBridge.decodeTensor([UInt8](data), file: path)
+    if tensor.encoding == .external {
+      throw ONNXError.invalidTensor(file: path, tensor: tensor.name ?? "", problem: "a tensor file cannot use external data")
+    }
+    return tensor
+  }
+
+  /// Writes a `TensorProto` file atomically.
+  public static func writeTensor(_ tensor: TensorValue, to path: String) throws {
+    try atomicWrite(ProtobufBridge.encodeTensor(tensor), to: URL(fileURLWithPath: path).standardizedFileURL)
+  }
+
   /// Writes `model` to `path` atomically (temporary file in the same directory, fsync, rename).
   /// Tensors that were external stay external, and when the inline tensors would pass
   /// `options.maxInlineBytes` the largest initializers join them, in `<path>.data` beside the output.

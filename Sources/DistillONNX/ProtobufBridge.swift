@@ -27,6 +27,33 @@ enum ProtobufBridge {
     return try Reader(file: file).readModel(message.pointee)
   }
 
+  /// Decodes a `TensorProto` (the `.pb` files of the ONNX test-data layout).
+  static func decodeTensor(_ bytes: [UInt8], file: String) throws -> TensorValue {
+    var scan = OnnxWireScan()
+    bytes.withUnsafeBufferPointer { buffer in
+      withUnsafePointer(to: onnx__tensor_proto__descriptor) { descriptor in
+        onnx_wire_scan(buffer.baseAddress, buffer.count, descriptor, Int32(maximumNestingDepth), &scan)
+      }
+    }
+    try checkScan(scan, file: file)
+    guard let message = bytes.withUnsafeBufferPointer({ onnx__tensor_proto__unpack(nil, $0.count, $0.baseAddress) })
+    else {
+      throw ONNXError.malformed(file: file, detail: "protobuf-c could not decode it as a TensorProto")
+    }
+    defer { onnx__tensor_proto__free_unpacked(message, nil) }
+    return try Reader(file: file).readTensor(message.pointee)
+  }
+
+  /// Encodes a `TensorProto`.
+  static func encodeTensor(_ tensor: TensorValue) -> [UInt8] {
+    let arena = Arena()
+    defer { arena.release() }
+    let base = UnsafeRawPointer(arena.tensor(tensor)).assumingMemoryBound(to: ProtobufCMessage.self)
+    var out = [UInt8](repeating: 0, count: protobuf_c_message_get_packed_size(base))
+    _ = out.withUnsafeMutableBufferPointer { protobuf_c_message_pack(base, $0.baseAddress) }
+    return out
+  }
+
   private static func checkScan(_ scan: OnnxWireScan, file: String) throws {
     let status = Int(scan.status)
     guard status != ONNX_WIRE_OK else { return }
@@ -585,7 +612,7 @@ enum ProtobufBridge {
       }
     }
 
-    private func tensor(_ tensor: TensorValue) -> UnsafeMutablePointer<Onnx__TensorProto> {
+    func tensor(_ tensor: TensorValue) -> UnsafeMutablePointer<Onnx__TensorProto> {
       message(Onnx__TensorProto.self) { t in
         onnx__tensor_proto__init(t)
         t.pointee.n_dims = tensor.dims.count

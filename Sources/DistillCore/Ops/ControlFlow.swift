@@ -1,0 +1,1 @@
+let controlFlowOperators: [(String, any Operator.Type)] = []

@@ -1,0 +1,1 @@
+let convolutionOperators: [(String, any Operator.Type)] = []

@@ -1,0 +1,1 @@
+let detectionOperators: [(String, any Operator.Type)] = []

@@ -1,0 +1,455 @@
+import Foundation
+
+// Elementwise operators: unary maps, broadcasting binary arithmetic and comparisons, variadic
+// Max/Min/Sum/Mean, Where, Clip, Cast and the identity-like ops.
+// Specs: https://onnx.ai/onnx/operators/ (one page per operator).
+
+let elementwiseOperators: [(String, any Operator.Type)] = [
+  ("Abs", Unary.self), ("Acos", Unary.self), ("Acosh", Unary.self), ("Add", Binary.self), ("And", Binary.self),
+  ("Asin", Unary.self), ("Asinh", Unary.self), ("Atan", Unary.self), ("Atanh", Unary.self), ("Cast", Cast.self),
+  ("CastLike", Cast.self), ("Ceil", Unary.self), ("Celu", Unary.self), ("Clip", Clip.self), ("Cos", Unary.self),
+  ("Cosh", Unary.self), ("Div", Binary.self), ("Dropout", Dropout.self), ("Elu", Unary.self), ("Equal", Binary.self),
+  ("Erf", Unary.self), ("Exp", Unary.self), ("Floor", Unary.self), ("Greater", Binary.self),
+  ("GreaterOrEqual", Binary.self), ("HardSigmoid", Unary.self), ("HardSwish", Unary.self),
+  ("Identity", Identity.self), ("IsInf", Unary.self), ("IsNaN", Unary.self), ("LeakyRelu", Unary.self),
+  ("Less", Binary.self), ("LessOrEqual", Binary.self), ("Log", Unary.self), ("Max", Variadic.self),
+  ("Mean", Variadic.self), ("Min", Variadic.self), ("Mish", Unary.self), ("Mod", Binary.self), ("Mul", Binary.self),
+  ("Neg", Unary.self), ("Not", Unary.self), ("Or", Binary.self), ("PRelu", Binary.self), ("Pow", Binary.self),
+  ("Reciprocal", Unary.self), ("Relu", Unary.self), ("Round", Unary.self), ("Selu", Unary.self),
+  ("Shrink", Unary.self), ("Sigmoid", Unary.self), ("Sign", Unary.self), ("Sin", Unary.self), ("Sinh", Unary.self),
+  ("Softplus", Unary.self), ("Softsign", Unary.self), ("Sqrt", Unary.self), ("Sub", Binary.self), ("Sum", Variadic.self),
+  ("Tan", Unary.self), ("Tanh", Unary.self), ("ThresholdedRelu", Unary.self), ("Where", Where.self), ("Xor", Binary.self),
+]
+
+extension Tensor {
+  /// Rounds floats to the precision of a float16/bfloat16 dtype and wraps integers to the range
+  /// of a narrow integer dtype, so results match a runtime computing in that type.
+  public func normalized() -> Tensor {
+    var result = self
+    switch dtype {
+    case .float16: result.floats = floats.map { Float(Float16($0)) }
+    case .bfloat16: result.floats = floats.map { Float(bitPattern: UInt32(Tensor.bfloat16Bits($0)) << 16) }
+    case .int32: result.ints = ints.map { Int64(Int32(truncatingIfNeeded: $0)) }
+    case .int16: result.ints = ints.map { Int64(Int16(truncatingIfNeeded: $0)) }
+    case .int8: result.ints = ints.map { Int64(Int8(truncatingIfNeeded: $0)) }
+    case .uint32: result.ints = ints.map { Int64(UInt32(truncatingIfNeeded: $0)) }
+    case .uint16: result.ints = ints.map { Int64(UInt16(truncatingIfNeeded: $0)) }
+    case .uint8: result.ints = ints.map { Int64(UInt8(truncatingIfNeeded: $0)) }
+    default: break
+    }
+    return result
+  }
+}
+
+/// A float function of one value (with its attributes), or an integer one where the spec allows.
+struct Unary: Operator {
+  let op: String
+  let alpha: Float
+  let beta: Float
+  let gamma: Float
+  let detectNegative: Bool
+  let detectPositive: Bool
+
+  init(_ node: Node, _ setup: OperatorSetup) throws {
+    op = node.opType
+    let defaultAlpha: Float
+    switch op {
+    case "LeakyRelu": defaultAlpha = 0.01
+    case "HardSigmoid": defaultAlpha = 0.2
+    case "Selu": defaultAlpha = 1.67326319217681884765625
+    default: defaultAlpha = 1
+    }
+    alpha = node.floatAttribute("alpha") ?? defaultAlpha
+    switch op {
+    case "HardSigmoid": beta = node.floatAttribute("beta") ?? 0.5
+    case "Softplus", "Softsign": beta = 1
+    case "Shrink": beta = node.floatAttribute("bias") ?? 0
+    default: beta = node.floatAttribute("beta") ?? 0
+    }
+    gamma = op == "Shrink" ? (node.floatAttribute("lambd") ?? 0.5) : (node.floatAttribute("gamma") ?? 1.05070102214813232421875)
+    detectNegative = (node.intAttribute("detect_negative") ?? 1) != 0
+    detectPositive = (node.intAttribute("detect_positive") ?? 1) != 0
+  }
+
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
+    let x = try context.input(inputs, 0, "X")
+    if op == "IsNaN" || op == "IsInf" {
+      let flags = x.asFloats.map { value -> Int64 in
+        if op == "IsNaN" { return value.isNaN ? 1 : 0 }
+        guard value.isInfinite else { return 0 }
+        return (value > 0 && detectPositive) || (value < 0 && detectNegative) ? 1 : 0
+      }
+      return [Tensor(shape: x.shape, ints: flags, dtype: .bool)]
+    }
+    if !x.isFloat {
+      let ints: [Int64]
+      switch op {
+      case "Abs": ints = x.ints.map { $0 == .min ? $0 : abs($0) }
+      case "Neg": ints = x.ints.map { 0 &- $0 }
+      case "Sign": ints = x.ints.map { $0.signum() }
+      case "Relu": ints = x.ints.map { max($0, 0) }
+      case "Not": ints = x.ints.map { $0 == 0 ? 1 : 0 }
+      default: throw context.error("input X is \(x.dtype); \(op) needs a floating-point tensor")
+      }
+      return [Tensor(shape: x.shape, ints: ints, dtype: x.dtype).normalized()]
+    }
+    let f = function()
+    var y = x
+    y.floats.withUnsafeMutableBufferPointer { buffer in
+      for index in buffer.indices { buffer[index] = f(buffer[index]) }
+    }
+    return [y.normalized()]
+  }
+
+  /// The scalar function this op applies.
+  func function() -> (Float) -> Float {
+    let alpha = alpha, beta = beta, gamma = gamma
+    switch op {
+    case "Abs": return { abs($0) }
+    case "Acos": return { acos($0) }
+    case "Acosh": return { acosh($0) }
+    case "Asin": return { asin($0) }
+    case "Asinh": return { asinh($0) }
+    case "Atan": return { atan($0) }
+    case "Atanh": return { atanh($0) }
+    case "Ceil": return { $0.rounded(.up) }
+    case "Celu": return { max(0, $0) + min(0, alpha * (exp($0 / alpha) - 1)) }
+    case "Cos": return { cos($0) }
+    case "Cosh": return { cosh($0) }
+    case "Elu": return { $0 >= 0 ? $0 : alpha * (exp($0) - 1) }
+    case "Erf": return { erf($0) }
+    case "Exp": return { exp($0) }
+    case "Floor": return { $0.rounded(.down) }
+    case "HardSigmoid": return { max(0, min(1, alpha * $0 + beta)) }
+    case "HardSwish": return { $0 * max(0, min(1, $0 / 6 + 0.5)) }
+    case "LeakyRelu": return { $0 >= 0 ? $0 : alpha * $0 }
+    case "Log": return { log($0) }
+    case "Mish": return { $0 * tanh(Unary.softplus($0)) }
+    case "Neg": return { -$0 }
+    case "Reciprocal": return { 1 / $0 }
+    case "Relu": return { max($0, 0) }
+    case "Round": return { $0.rounded(.toNearestOrEven) }
+    case "Selu": return { $0 > 0 ? gamma * $0 : gamma * alpha * (exp($0) - 1) }
+    case "Shrink": return { $0 < -gamma ? $0 + beta : ($0 > gamma ? $0 - beta : 0) }
+    case "Sigmoid": return { Unary.sigmoid($0) }
+    case "Sign": return { $0 > 0 ? 1 : ($0 < 0 ? -1 : 0) }
+    case "Sin": return { sin($0) }
+    case "Sinh": return { sinh($0) }
+    case "Softplus": return { Unary.softplus($0) }
+    case "Softsign": return { $0 / (1 + abs($0)) }
+    case "Sqrt": return { sqrt($0) }
+    case "Tan": return { tan($0) }
+    case "Tanh": return { tanh($0) }
+    case "ThresholdedRelu": return { $0 > alpha ? $0 : 0 }
+    case "Not": return { $0 == 0 ? 1 : 0 }
+    default: return { $0 }
+    }
+  }
+
+  @inline(__always) static func sigmoid(_ x: Float) -> Float {
+    x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x))
+  }
+
+  @inline(__always) static func softplus(_ x: Float) -> Float {
+    x > 20 ? x : log1p(exp(x))
+  }
+}
+
+/// Broadcasting arithmetic, comparison and logic of two tensors.
+struct Binary: Operator {
+  let op: String
+  let fmod: Bool
+
+  init(_ node: Node, _ setup: OperatorSetup) throws {
+    op = node.opType
+    fmod = (node.intAttribute("fmod") ?? 0) != 0
+  }
+
+  private static let comparisons: Set<String> = ["Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"]
+  private static let logic: Set<String> = ["And", "Or", "Xor"]
+
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
+    let a = try context.input(inputs, 0, "A"), b = try context.input(inputs, 1, "B")
+    guard Broadcast.shape([a.shape, b.shape]) != nil else {
+      throw context.error("inputs A \(a.shapeDescription) and B \(b.shapeDescription) do not broadcast")
+    }
+    if op == "Pow" && a.isFloat != b.isFloat {
+      // Base and exponent may have different types; the result has the base's.
+      let (values, shape) = Broadcast.apply(a.asFloats, a.shape, b.asFloats, b.shape) { Binary.power($0, $1) }!
+      if a.isFloat { return [Tensor(shape: shape, floats: values, dtype: a.dtype).normalized()] }
+      return [Tensor(shape: shape, ints: values.map { Int64($0) }, dtype: a.dtype).normalized()]
+    }
+    guard a.isFloat == b.isFloat else {
+      throw context.error("input A is \(a.dtype) and input B is \(b.dtype); \(op) needs one type")
+    }
+    if Binary.comparisons.contains(op) {
+      let result: ([Int64], [Int])
+      if a.isFloat {
+        let compare = Binary.floatComparison(op)
+        result = Broadcast.apply(a.floats, a.shape, b.floats, b.shape) { compare($0, $1) ? Int64(1) : 0 }!
+      } else {
+        let compare = Binary.intComparison(op, unsigned: a.dtype == .uint64)
+        result = Broadcast.apply(a.ints, a.shape, b.ints, b.shape) { compare($0, $1) ? Int64(1) : 0 }!
+      }
+      return [Tensor(shape: result.1, ints: result.0, dtype: .bool)]
+    }
+    if Binary.logic.contains(op) {
+      let result: ([Int64], [Int])
+      switch op {
+      case "And": result = Broadcast.apply(a.ints, a.shape, b.ints, b.shape) { $0 != 0 && $1 != 0 ? 1 : 0 }!
+      case "Or": result = Broadcast.apply(a.ints, a.shape, b.ints, b.shape) { $0 != 0 || $1 != 0 ? 1 : 0 }!
+      default: result = Broadcast.apply(a.ints, a.shape, b.ints, b.shape) { ($0 != 0) != ($1 != 0) ? 1 : 0 }!
+      }
+      return [Tensor(shape: result.1, ints: result.0, dtype: .bool)]
+    }
+    if a.isFloat {
+      let (values, shape) = try floatArithmetic(a, b, context)
+      return [Tensor(shape: shape, floats: values, dtype: a.dtype).normalized()]
+    }
+    let (values, shape) = try intArithmetic(a, b, context)
+    return [Tensor(shape: shape, ints: values, dtype: a.dtype).normalized()]
+  }
+
+  private func floatArithmetic(_ a: Tensor, _ b: Tensor, _ context: ExecutionContext) throws -> ([Float], [Int]) {
+    switch op {
+    case "Add": return Broadcast.apply(a.floats, a.shape, b.floats, b.shape, +)!
+    case "Sub": return Broadcast.apply(a.floats, a.shape, b.floats, b.shape, -)!
+    case "Mul": return Broadcast.apply(a.floats, a.shape, b.floats, b.shape, *)!
+    case "Div": return Broadcast.apply(a.floats, a.shape, b.floats, b.shape, /)!
+    case "Pow": return Broadcast.apply(a.floats, a.shape, b.floats, b.shape) { Binary.power($0, $1) }!
+    case "PRelu": return Broadcast.apply(a.floats, a.shape, b.floats, b.shape) { $0 < 0 ? $0 * $1 : $0 }!
+    case "Mod":
+      if fmod { return Broadcast.apply(a.floats, a.shape, b.floats, b.shape) { Foundation.fmod($0, $1) }! }
+      return Broadcast.apply(a.floats, a.shape, b.floats, b.shape) { x, y in
+        let r = Foundation.fmod(x, y)
+        return r != 0 && (r < 0) != (y < 0) ? r + y : r
+      }!
+    default: throw context.error("\(op) is not defined for \(a.dtype)")
+    }
+  }
+
+  private func intArithmetic(_ a: Tensor, _ b: Tensor, _ context: ExecutionContext) throws -> ([Int64], [Int]) {
+    switch op {
+    case "Add": return Broadcast.apply(a.ints, a.shape, b.ints, b.shape, &+)!
+    case "Sub": return Broadcast.apply(a.ints, a.shape, b.ints, b.shape, &-)!
+    case "Mul": return Broadcast.apply(a.ints, a.shape, b.ints, b.shape, &*)!
+    case "Div":
+      if b.ints.contains(0) { throw context.error("integer division by zero (input B holds 0)") }
+      if a.dtype == .uint64 {
+        return Broadcast.apply(a.ints, a.shape, b.ints, b.shape) {
+          Int64(bitPattern: UInt64(bitPattern: $0) / UInt64(bitPattern: $1))
+        }!
+      }
+      return Broadcast.apply(a.ints, a.shape, b.ints, b.shape) { $0.dividedReportingOverflow(by: $1).partialValue }!
+    case "Mod":
+      if b.ints.contains(0) { throw context.error("integer modulo by zero (input B holds 0)") }
+      if fmod { return Broadcast.apply(a.ints, a.shape, b.ints, b.shape) { $0.remainderReportingOverflow(dividingBy: $1).partialValue }! }
+      return Broadcast.apply(a.ints, a.shape, b.ints, b.shape) { x, y in
+        let r = x.remainderReportingOverflow(dividingBy: y).partialValue
+        return r != 0 && (r < 0) != (y < 0) ? r + y : r
+      }!
+    case "Pow":
+      return Broadcast.apply(a.ints, a.shape, b.ints, b.shape) { Int64(Foundation.pow(Double($0), Double($1))) }!
+    case "PRelu": return Broadcast.apply(a.ints, a.shape, b.ints, b.shape) { $0 < 0 ? $0 &* $1 : $0 }!
+    default: throw context.error("\(op) is not defined for \(a.dtype)")
+    }
+  }
+
+  static func power(_ x: Float, _ y: Float) -> Float {
+    if y == 2 { return x * x }
+    if y == 0.5 { return x.squareRoot() }
+    return Float(Foundation.pow(Double(x), Double(y)))
+  }
+
+  static func floatComparison(_ op: String) -> (Float, Float) -> Bool {
+    switch op {
+    case "Equal": return (==)
+    case "Greater": return (>)
+    case "GreaterOrEqual": return (>=)
+    case "Less": return (<)
+    default: return (<=)
+    }
+  }
+
+  static func intComparison(_ op: String, unsigned: Bool) -> (Int64, Int64) -> Bool {
+    if unsigned {
+      let compare = floatComparison(op)
+      return { compare(Float(UInt64(bitPattern: $0)), Float(UInt64(bitPattern: $1))) && Binary.exactUnsigned(op, $0, $1) }
+    }
+    switch op {
+    case "Equal": return (==)
+    case "Greater": return (>)
+    case "GreaterOrEqual": return (>=)
+    case "Less": return (<)
+    default: return (<=)
+    }
+  }
+
+  private static func exactUnsigned(_ op: String, _ x: Int64, _ y: Int64) -> Bool {
+    let a = UInt64(bitPattern: x), b = UInt64(bitPattern: y)
+    switch op {
+    case "Equal": return a == b
+    case "Greater": return a > b
+    case "GreaterOrEqual": return a >= b
+    case "Less": return a < b
+    default: return a <= b
+    }
+  }
+}
+
+/// Max, Min, Sum and Mean over any number of broadcasting inputs.
+struct Variadic: Operator {
+  let op: String
+  init(_ node: Node, _ setup: OperatorSetup) throws { op = node.opType }
+
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
+    let present = inputs.compactMap { $0 }
+    guard var result = present.first else { throw context.error("needs at least one input") }
+    guard present.allSatisfy({ $0.isFloat == result.isFloat }) else { throw context.error("inputs mix float and integer types") }
+    for next in present.dropFirst() {
+      guard Broadcast.shape([result.shape, next.shape]) != nil else {
+        throw context.error("inputs \(result.shapeDescription) and \(next.shapeDescription) do not broadcast")
+      }
+      if result.isFloat {
+        let combine: (Float, Float) -> Float
+        switch op {
+        case "Max": combine = { $0.isNaN || $1.isNaN ? .nan : max($0, $1) }
+        case "Min": combine = { $0.isNaN || $1.isNaN ? .nan : min($0, $1) }
+        default: combine = (+)
+        }
+        let (values, shape) = Broadcast.apply(result.floats, result.shape, next.floats, next.shape, combine)!
+        result = Tensor(shape: shape, floats: values, dtype: result.dtype)
+      } else {
+        let unsigned = result.dtype == .uint64
+        let combine: (Int64, Int64) -> Int64
+        switch op {
+        case "Max": combine = unsigned ? { UInt64(bitPattern: $0) >= UInt64(bitPattern: $1) ? $0 : $1 } : { max($0, $1) }
+        case "Min": combine = unsigned ? { UInt64(bitPattern: $0) <= UInt64(bitPattern: $1) ? $0 : $1 } : { min($0, $1) }
+        default: combine = (&+)
+        }
+        let (values, shape) = Broadcast.apply(result.ints, result.shape, next.ints, next.shape, combine)!
+        result = Tensor(shape: shape, ints: values, dtype: result.dtype)
+      }
+    }
+    if op == "Mean" {
+      let count = Float(present.count)
+      if result.isFloat { result.floats = result.floats.map { $0 / count } } else { result.ints = result.ints.map { $0 / Int64(present.count) } }
+    }
+    return [result.normalized()]
+  }
+}
+
+/// `Where(condition, X, Y)`: X where the condition holds, else Y, all broadcast together.
+struct Where: Operator {
+  init(_ node: Node, _ setup: OperatorSetup) throws {}
+
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
+    let condition = try context.input(inputs, 0, "condition")
+    let x = try context.input(inputs, 1, "X"), y = try context.input(inputs, 2, "Y")
+    guard let shape = Broadcast.shape([condition.shape, x.shape, y.shape]) else {
+      throw context.error("condition \(condition.shapeDescription), X \(x.shapeDescription) and Y \(y.shapeDescription) do not broadcast")
+    }
+    guard x.isFloat == y.isFloat else { throw context.error("X is \(x.dtype) and Y is \(y.dtype); they must match") }
+    try context.checkAllocation(shape)
+    let mask = Broadcast.expand(condition.ints, condition.shape, to: shape)
+    if x.isFloat {
+      let a = Broadcast.expand(x.floats, x.shape, to: shape), b = Broadcast.expand(y.floats, y.shape, to: shape)
+      return [Tensor(shape: shape, floats: mask.indices.map { mask[$0] != 0 ? a[$0] : b[$0] }, dtype: x.dtype)]
+    }
+    let a = Broadcast.expand(x.ints, x.shape, to: shape), b = Broadcast.expand(y.ints, y.shape, to: shape)
+    return [Tensor(shape: shape, ints: mask.indices.map { mask[$0] != 0 ? a[$0] : b[$0] }, dtype: x.dtype)]
+  }
+}
+
+/// `Clip`: bounds from attributes before opset 11, from optional inputs after.
+struct Clip: Operator {
+  let minimum: Float?
+  let maximum: Float?
+
+  init(_ node: Node, _ setup: OperatorSetup) throws {
+    minimum = setup.opset < 11 ? (node.floatAttribute("min") ?? -.greatestFiniteMagnitude) : nil
+    maximum = setup.opset < 11 ? (node.floatAttribute("max") ?? .greatestFiniteMagnitude) : nil
+  }
+
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
+    var x = try context.input(inputs, 0, "input")
+    if x.isFloat {
+      let low = minimum ?? (inputs.count > 1 ? inputs[1]?.asFloats.first : nil) ?? -.infinity
+      let high = maximum ?? (inputs.count > 2 ? inputs[2]?.asFloats.first : nil) ?? .infinity
+      x.floats.withUnsafeMutableBufferPointer { buffer in
+        for index in buffer.indices { buffer[index] = buffer[index].isNaN ? .nan : min(max(buffer[index], low), high) }
+      }
+      return [x]
+    }
+    let low = (inputs.count > 1 ? inputs[1]?.ints.first : nil) ?? .min
+    let high = (inputs.count > 2 ? inputs[2]?.ints.first : nil) ?? .max
+    x.ints = x.ints.map { min(max($0, low), high) }
+    return [x]
+  }
+}
+
+/// `Cast` (to the `to` attribute) and `CastLike` (to the second input's type).
+struct Cast: Operator {
+  let target: DataType?
+
+  init(_ node: Node, _ setup: OperatorSetup) throws {
+    target = node.opType == "Cast" ? DataType(rawValue: Int32(node.intAttribute("to") ?? 1)) : nil
+  }
+
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
+    let x = try context.input(inputs, 0, "input")
+    let to = try target ?? context.input(inputs, 1, "target_type").dtype
+    return [try Cast.convert(x, to: to, context)]
+  }
+
+  static func convert(_ x: Tensor, to: DataType, _ context: ExecutionContext) throws -> Tensor {
+    guard to.byteSize != nil, to.rawValue <= 16, to != .complex64, to != .complex128 else {
+      throw context.error("cannot cast to \(to)")
+    }
+    if to.isFloatingPoint {
+      return Tensor(shape: x.shape, floats: x.isFloat ? x.floats : x.ints.map { Cast.float(from: $0, x.dtype) }, dtype: to)
+        .normalized()
+    }
+    if to == .bool {
+      return Tensor(shape: x.shape, ints: x.isFloat ? x.floats.map { $0 != 0 ? 1 : 0 } : x.ints.map { $0 != 0 ? 1 : 0 }, dtype: .bool)
+    }
+    if x.isFloat {
+      let ints = x.floats.map { value -> Int64 in
+        guard value.isFinite else { return value.isNaN ? 0 : (value > 0 ? .max : .min) }
+        if to == .uint64, value >= 9.223372e18 { return Int64(bitPattern: UInt64(value)) }
+        return Int64(max(min(value, 9.223372e18), -9.223372e18))
+      }
+      return Tensor(shape: x.shape, ints: ints, dtype: to).normalized()
+    }
+    return Tensor(shape: x.shape, ints: x.ints, dtype: to).normalized()
+  }
+
+  static func float(from value: Int64, _ type: DataType) -> Float {
+    type == .uint64 ? Float(UInt64(bitPattern: value)) : Float(value)
+  }
+}
+
+/// `Identity`: the input unchanged (no copy: tensors are copy-on-write).
+struct Identity: Operator {
+  init(_ node: Node, _ setup: OperatorSetup) throws {}
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
+    [try context.input(inputs, 0, "input")]
+  }
+}
+
+/// `Dropout` at inference (no training_mode, or training_mode false, or ratio 0): the identity,
+/// with an all-true mask when the node asks for it.
+struct Dropout: Operator {
+  let ratio: Float
+  init(_ node: Node, _ setup: OperatorSetup) throws { ratio = node.floatAttribute("ratio") ?? 0.5 }
+
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
+    let x = try context.input(inputs, 0, "data")
+    let training = (inputs.count > 2 ? inputs[2]?.ints.first : nil) ?? 0
+    let ratio = (inputs.count > 1 ? inputs[1]?.asFloats.first : nil) ?? self.ratio
+    if training != 0 && ratio > 0 {
+      throw context.error("training-mode dropout with ratio \(ratio) is random; run the graph in inference mode")
+    }
+    return [x, Tensor(shape: x.shape, ints: [Int64](repeating: 1, count: x.count), dtype: .bool)]
+  }
+}

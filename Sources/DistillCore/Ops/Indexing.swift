@@ -1,0 +1,1 @@
+let indexingOperators: [(String, any Operator.Type)] = []

@@ -1,0 +1,1 @@
+let normalizationOperators: [(String, any Operator.Type)] = []

@@ -1,0 +1,1 @@
+let poolingOperators: [(String, any Operator.Type)] = []

@@ -1,0 +1,1 @@
+let reductionOperators: [(String, any Operator.Type)] = []

@@ -1,0 +1,1 @@
+let resizeOperators: [(String, any Operator.Type)] = []

@@ -1,0 +1,1 @@
+let shapeOperators: [(String, any Operator.Type)] = []

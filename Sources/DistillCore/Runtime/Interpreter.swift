@@ -1,0 +1,164 @@
+import Foundation
+
+/// Runs a graph: operators are prepared once, then `run` evaluates the nodes in order, keeping
+/// each value only until its last use unless it is an output or a requested tap.
+public final class Interpreter: @unchecked Sendable {
+  private struct Step {
+    let node: Node
+    let op: any Operator
+    let inputs: [Int?]
+    let outputs: [Int?]
+    /// Slots whose last use is this step.
+    var releases: [Int] = []
+  }
+
+  public let graph: Graph
+  private var steps: [Step] = []
+  private var slotOf: [String: Int] = [:]
+  private var names: [String] = []
+  private var constants: [Int: Tensor] = [:]
+  private var inputSlots: [(info: ValueInfo, slot: Int, hasDefault: Bool)] = []
+  private var outerSlots: [(name: String, slot: Int)] = []
+  private var outputSlots: [Int] = []
+  /// Largest tensor, in bytes, one operator may allocate (default: 80% of physical memory).
+  public var memoryBudget: Int = Int(Double(ProcessInfo.processInfo.physicalMemory) * 0.8)
+
+  /// Prepares `graph`; `opsets` maps each domain to the model's opset version for it.
+  public init(graph: Graph, opsets: [String: Int], registry: OperatorRegistry = .standard) throws {
+    self.graph = graph
+    func slot(_ name: String) -> Int {
+      if let existing = slotOf[name] { return existing }
+      slotOf[name] = names.count
+      names.append(name)
+      return names.count - 1
+    }
+    for tensor in graph.initializers {
+      guard let name = tensor.name else { continue }
+      constants[slot(name)] = try Tensor(tensor)
+    }
+    for input in graph.inputs {
+      inputSlots.append((input, slot(input.name), constants[slot(input.name)] != nil))
+    }
+    var locallyDefined = Set(names)
+    for node in graph.nodes { locallyDefined.formUnion(node.outputs) }
+
+    var unsupported: [String] = []
+    for node in graph.nodes {
+      let domain = Graph.canonicalDomain(node.domain)
+      let opset = opsets[domain] ?? opsets[node.domain] ?? 0
+      guard let type = registry.lookup(domain: domain, op: node.opType) else {
+        unsupported.append("\(domain.isEmpty ? "ai.onnx" : domain)::\(node.opType) (opset \(opset)) at \(node.label)")
+        continue
+      }
+      let setup = OperatorSetup(opset: opset, label: node.label) { subgraph in
+        try Interpreter(graph: subgraph, opsets: opsets, registry: registry)
+      }
+      let op = try type.init(node, setup)
+      var reads = node.inputs.filter { !$0.isEmpty }
+      for subgraph in node.subgraphs { reads.append(contentsOf: subgraph.outerReferences.sorted()) }
+      for name in reads where !locallyDefined.contains(name) && slotOf[name] == nil {
+        outerSlots.append((name, slot(name)))
+      }
+      steps.append(
+        Step(
+          node: node, op: op, inputs: node.inputs.map { $0.isEmpty ? nil : slot($0) },
+          outputs: node.outputs.map { $0.isEmpty ? nil : slot($0) }))
+    }
+    if !unsupported.isEmpty {
+      throw RuntimeError("the graph uses operators this build cannot run: " + unsupported.joined(separator: "; "))
+    }
+    outputSlots = graph.outputs.map { slot($0.name) }
+
+    var lastUse: [Int: Int] = [:]
+    for (index, step) in steps.enumerated() {
+      for case let input? in step.inputs { lastUse[input] = index }
+      for subgraph in step.node.subgraphs {
+        for name in subgraph.outerReferences { if let s = slotOf[name] { lastUse[s] = index } }
+      }
+    }
+    let kept = Set(outputSlots).union(constants.keys)
+    for (slot, index) in lastUse where !kept.contains(slot) { steps[index].releases.append(slot) }
+  }
+
+  /// Prepares the main graph of `model`.
+  public convenience init(model: Model, registry: OperatorRegistry = .standard) throws {
+    guard let graph = model.graph else { throw RuntimeError("the model has no graph") }
+    var opsets: [String: Int] = [:]
+    for opset in model.opsetImports { opsets[Graph.canonicalDomain(opset.domain ?? "")] = Int(opset.version) }
+    try self.init(graph: graph, opsets: opsets, registry: registry)
+  }
+
+  /// The graph inputs a caller must feed (those without an initializer as default).
+  public var requiredInputs: [ValueInfo] { inputSlots.filter { !$0.hasDefault }.map(\.info) }
+
+  /// Runs the graph. Returns the graph outputs in order and the values of the `taps` asked for.
+  /// `scope` supplies values of enclosing graphs to a subgraph.
+  public func run(
+    _ feeds: [String: Tensor], taps: Set<String> = [], scope: @escaping (String) -> Tensor? = { _ in nil }
+  ) throws -> (outputs: [Tensor], taps: [String: Tensor]) {
+    var values = [Tensor?](repeating: nil, count: names.count)
+    for (slot, tensor) in constants { values[slot] = tensor }
+    for (info, slot, hasDefault) in inputSlots {
+      if let fed = feeds[info.name] {
+        try check(fed, against: info)
+        values[slot] = fed
+      } else if !hasDefault {
+        let required = requiredInputs.map(\.name).joined(separator: ", ")
+        throw RuntimeError("missing input '\(info.name)'; the model's inputs are: \(required)")
+      }
+    }
+    for name in feeds.keys where !inputSlots.contains(where: { $0.info.name == name }) {
+      throw RuntimeError("the model has no input '\(name)'; its inputs are: " + requiredInputs.map(\.name).joined(separator: ", "))
+    }
+    for (name, slot) in outerSlots {
+      guard let value = scope(name) else { throw RuntimeError("value '\(name)' is not defined in this graph or an enclosing one") }
+      values[slot] = value
+    }
+    let tapSlots = Set(taps.compactMap { slotOf[$0] })
+    for name in taps where slotOf[name] == nil {
+      throw RuntimeError("no value named '\(name)' to tap; `distill inspect` lists the node outputs")
+    }
+    var tapped: [String: Tensor] = [:]
+    let budget = memoryBudget
+    for step in steps {
+      let context = ExecutionContext(label: step.node.label, memoryBudget: budget) { name in
+        if let slot = self.slotOf[name], let value = values[slot] { return value }
+        return scope(name)
+      }
+      let inputs = step.inputs.map { $0.flatMap { values[$0] } }
+      let results = try step.op.forward(inputs, context)
+      for (index, slot) in step.outputs.enumerated() {
+        guard let slot else { continue }
+        guard index < results.count else {
+          throw RuntimeError("\(step.node.label): produced \(results.count) outputs, the node names \(step.outputs.count)")
+        }
+        values[slot] = results[index]
+        if tapSlots.contains(slot) { tapped[names[slot]] = results[index] }
+      }
+      for slot in step.releases where !tapSlots.contains(slot) { values[slot] = nil }
+    }
+    for name in taps { if let slot = slotOf[name], let value = values[slot] { tapped[name] = value } }
+    let outputs = try outputSlots.enumerated().map { index, slot -> Tensor in
+      guard let value = values[slot] else { throw RuntimeError("graph output '\(graph.outputs[index].name)' was not computed") }
+      return value
+    }
+    return (outputs, tapped)
+  }
+
+  private func check(_ tensor: Tensor, against info: ValueInfo) throws {
+    guard case .tensor(let type, let shape, _)? = info.type else { return }
+    if type != .undefined && type != tensor.dtype {
+      throw RuntimeError("input '\(info.name)' is \(tensor.dtype), the model declares \(type)")
+    }
+    guard let shape else { return }
+    let declared = "[" + shape.map(\.description).joined(separator: ",") + "]"
+    guard shape.count == tensor.rank else {
+      throw RuntimeError("input '\(info.name)' has shape \(tensor.shapeDescription), the model declares \(declared)")
+    }
+    for (dim, actual) in zip(shape, tensor.shape) {
+      if let value = dim.value, value != Int64(actual) {
+        throw RuntimeError("input '\(info.name)' has shape \(tensor.shapeDescription), the model declares \(declared)")
+      }
+    }
+  }
+}

@@ -1,0 +1,55 @@
+/// One ONNX operator: attributes are parsed (with the spec's defaults) once when the graph is
+/// prepared, then `forward` runs it. Implementations live one family per file in `Ops/`.
+public protocol Operator: Sendable {
+  init(_ node: Node, _ setup: OperatorSetup) throws
+  /// `inputs` holds one entry per node input; omitted optional inputs are nil.
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor]
+}
+
+/// What an operator may consult while it is prepared.
+public struct OperatorSetup {
+  /// The opset version of the node's domain.
+  public let opset: Int
+  public let label: String
+  /// Prepares a subgraph (If branches, Loop bodies) for running inside this graph.
+  public let compile: (Graph) throws -> Interpreter
+
+  /// An error that names the node.
+  public func error(_ message: String) -> RuntimeError { RuntimeError("\(label): \(message)") }
+}
+
+/// What an operator may use while it runs.
+public struct ExecutionContext {
+  /// The node, as errors name it: `Conv 'backbone/conv1'`.
+  public let label: String
+  /// Largest tensor, in bytes, an operator may allocate.
+  public let memoryBudget: Int
+  /// Values of enclosing graphs, for subgraphs that read them.
+  public let scope: (String) -> Tensor?
+
+  public func error(_ message: String) -> RuntimeError { RuntimeError("\(label): \(message)") }
+
+  /// Throws unless a tensor of `shape` fits the memory budget; call before allocating an output
+  /// whose size comes from data (ConstantOfShape, Expand, Tile, Range...).
+  @discardableResult
+  public func checkAllocation(_ shape: [Int], elementBytes: Int = 4) throws -> Int {
+    var count = 1
+    for dim in shape {
+      guard dim >= 0 else { throw error("output dimension \(dim) is negative (shape \(shape))") }
+      let (product, overflow) = count.multipliedReportingOverflow(by: dim)
+      guard !overflow else { throw error("output shape \(shape) overflows") }
+      count = product
+    }
+    let (bytes, overflow) = count.multipliedReportingOverflow(by: elementBytes)
+    if overflow || bytes > memoryBudget {
+      throw error("output shape \(shape) needs \(overflow ? "more than 2^63" : String(bytes)) bytes, over the memory budget of \(memoryBudget) bytes")
+    }
+    return count
+  }
+
+  /// The input at `index`, or an error naming it when it is missing.
+  public func input(_ inputs: [Tensor?], _ index: Int, _ name: String) throws -> Tensor {
+    guard index < inputs.count, let tensor = inputs[index] else { throw error("input \(name) is missing") }
+    return tensor
+  }
+}
