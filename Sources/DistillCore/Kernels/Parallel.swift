@@ -1,0 +1,17 @@
+import Dispatch
+
+/// Splits loops across the cores.
+public enum Parallel {
+  /// Runs `body(0..<count)` on all cores when `work` (elements touched) is large enough to pay for
+  /// the threads, else serially. `body` must only write to disjoint memory per index.
+  public static func forEach(_ count: Int, work: Int = .max, _ body: (Int) -> Void) {
+    guard count > 1, work > 1 << 15 else {
+      for index in 0..<count { body(index) }
+      return
+    }
+    withoutActuallyEscaping(body) { body in
+      nonisolated(unsafe) let shared = body
+      DispatchQueue.concurrentPerform(iterations: count) { shared($0) }
+    }
+  }
+}
