@@ -21,12 +21,17 @@ let package = Package(
     .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
     .target(name: "DistillCore", dependencies: ["CBLAS"], swiftSettings: optimize),
     .target(name: "DistillONNX", dependencies: ["DistillCore", "COnnx"], swiftSettings: optimize),
+    .target(name: "CImage", path: "Sources/CImage", linkerSettings: [.linkedLibrary("png"), .linkedLibrary("jpeg")]),
+    .target(name: "DistillDetection", dependencies: ["DistillCore", "CImage"], swiftSettings: optimize),
     .executableTarget(
       name: "distill",
-      dependencies: ["DistillCore", "DistillONNX", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["DistillCore", "DistillONNX", "DistillDetection", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: optimize),
     .testTarget(name: "DistillONNXTests", dependencies: ["DistillONNX", "DistillCore"]),
     .testTarget(name: "CLITests", dependencies: ["DistillONNX"]),
     .testTarget(name: "ConformanceTests", dependencies: ["DistillCore", "DistillONNX"]),
-  ]
+  ],
+  // Numeric kernels share raw buffers across DispatchQueue.concurrentPerform iterations by design;
+  // Swift 6's strict Sendable checking would demand wrappers around every such loop.
+  swiftLanguageModes: [.v5]
 )

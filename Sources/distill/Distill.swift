@@ -1,11 +1,18 @@
 import ArgumentParser
+import DistillCore
+import Foundation
 
 @main
 struct Distill: ParsableCommand {
+  static func main() {
+    Memory.keepFreedMemory()
+    Self.main(nil)
+  }
+
   static let configuration = CommandConfiguration(
     commandName: "distill",
     abstract: "Distill ONNX object detectors: inspect, run and export teacher and student graphs.",
-    subcommands: [Inspect.self, Export.self])
+    subcommands: [Inspect.self, Run.self, Bench.self, Export.self])
 }
 
 /// Parses `NAME=1x3x320x320`.

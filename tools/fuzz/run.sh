@@ -12,7 +12,7 @@
 # Exit status: 0 no finding, 1 the fuzzer found something, 2 build or usage error.
 # Environment: FUZZ_VERBOSE=1 streams libFuzzer's output; FUZZ_ARGS adds libFuzzer flags;
 # DISTILL_FUZZ_STRICT=1 also checks that encoding is stable after one round trip.
-# To replay one input: .build-fuzz/fuzz-import tools/fuzz/findings/<file>
+# To replay one input: SWIFT_BACKTRACE=enable=no .build-fuzz/fuzz-import tools/fuzz/findings/<file>
 set -uo pipefail
 
 seconds=${1:-60}
@@ -43,14 +43,22 @@ if [ ${#core_sources[@]} -eq 0 ] || [ ${#onnx_sources[@]} -eq 0 ] || [ ${#c_sour
   exit 2
 fi
 
+# Swift language mode as Package.swift declares it (swiftLanguageModes / swiftLanguageVersions, first
+# entry), else the tools version's default (6 for tools 6.x, 5 before); FUZZ_SWIFT_VERSION overrides.
+language=${FUZZ_SWIFT_VERSION:-$(sed -n 's/.*swiftLanguage\(Modes\|Versions\): *\[ *\.v\([0-9]*\).*/\2/p' Package.swift | head -n 1)}
+if [ -z "$language" ]; then
+  tools=$(sed -n '1s/.*swift-tools-version: *\([0-9]*\).*/\1/p' Package.swift)
+  language=$([ "${tools:-5}" -ge 6 ] && echo 6 || echo 5)
+fi
+
 sanitize_c=(-fsanitize=fuzzer-no-link,address -fno-omit-frame-pointer -g -O1)
-sanitize_swift=(-sanitize=fuzzer,address -g -O -swift-version 6)
+sanitize_swift=(-sanitize=fuzzer,address -g -O -swift-version "$language")
 cblas=(-Xcc "-fmodule-map-file=$root/Sources/CBLAS/module.modulemap")
 connx=(-Xcc "-fmodule-map-file=$out/cmodules/COnnx.modulemap" -Xcc "-I$root/proto/include")
 binary=$out/fuzz-import
 
 # Rebuild only when an input (source, header, this script, the toolchain) changed.
-stamp=$( { "$swiftc" --version 2>&1; cat "$0" "$harness" Sources/CBLAS/* "${core_sources[@]}" "${onnx_sources[@]}" \
+stamp=$( { "$swiftc" --version 2>&1; echo "$language"; cat "$0" "$harness" Package.swift Sources/CBLAS/* "${core_sources[@]}" "${onnx_sources[@]}" \
   "${c_sources[@]}" "${c_headers[@]}"; printf '%s\n' "${core_sources[@]}" "${onnx_sources[@]}"; } | sha256sum | cut -d' ' -f1)
 
 build() {
@@ -64,7 +72,8 @@ build() {
     echo "}"
   } >"$out/cmodules/COnnx.modulemap"
 
-  echo "fuzz: compiling ${#c_sources[@]} C files, ${#core_sources[@]} + ${#onnx_sources[@]} Swift files" >&2
+  echo "fuzz: compiling ${#c_sources[@]} C files, ${#core_sources[@]} + ${#onnx_sources[@]} Swift files" \
+    "(Swift language mode $language)" >&2
   for source in "${c_sources[@]}"; do
     "$clang" "${sanitize_c[@]}" -I proto/include -c "$source" -o "$out/obj/c_$(basename "$source" .c).o"
   done
@@ -112,7 +121,11 @@ done
 # ---- run ---------------------------------------------------------------------------------------
 log=$out/logs/run-$(date +%Y%m%d-%H%M%S).log
 marker=$(mktemp "$out/artifacts/.start-XXXXXX")
-# detect_leaks stays on (libFuzzer reports leaks per input); Swift needs no ODR checks.
+# detect_leaks stays on (libFuzzer reports leaks per input); Swift needs no ODR checks. Swift's
+# own crash backtracer is off: it reads the crashed stack from a helper thread, which ASan reports
+# as a stack-buffer-underflow, and it can keep the process alive after libFuzzer is done; libFuzzer
+# and ASan print the stack of a Swift trap (fatalError, overflow, bounds) themselves.
+export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0:abort_on_error=0:symbolize=1}
 export ASAN_SYMBOLIZER_PATH=${ASAN_SYMBOLIZER_PATH:-$bindir/llvm-symbolizer}
 read -r -a extra <<<"${FUZZ_ARGS:-}"
@@ -137,13 +150,17 @@ rm -f "$marker"
 for file in "${new[@]}"; do cp "$file" "$findings/"; done
 
 fstat() { sed -n "s/^stat::$1: *//p" "$log" | tail -n 1; }
-execs=$(fstat number_of_executed_units)
-rate=$(fstat average_exec_per_sec)
-peak=$(fstat peak_rss_mb)
+field() { sed -n "s|.* $1: *\([0-9][0-9]*\).*|\1|p" <<<"$last"; }
+# The last status line: "#N  REDUCE cov: C ft: F corp: K/S exec/s: E ..." (or "#N: cov: ..." with -fork).
 last=$(grep -E '^#[0-9]+.*cov: ' "$log" | tail -n 1)
-cov=$(sed -n 's/.*cov: \([0-9]*\).*/\1/p' <<<"$last")
-ft=$(sed -n 's/.*ft: \([0-9]*\).*/\1/p' <<<"$last")
-corp=$(sed -n 's/.*corp: \([0-9]*\/[0-9A-Za-z]*\).*/\1/p' <<<"$last")
+execs=$(fstat number_of_executed_units)
+[ -n "$execs" ] || execs=$(sed -n 's/^#\([0-9]*\).*/\1/p' <<<"$last")
+rate=$(fstat average_exec_per_sec)
+[ -n "$rate" ] || rate=$(field exec/s)
+peak=$(fstat peak_rss_mb)
+cov=$(field cov)
+ft=$(field ft)
+corp=$(sed -n 's/.* corp: \([0-9][0-9]*\(\/[0-9A-Za-z]*\)\{0,1\}\).*/\1/p' <<<"$last")
 crashes=${#new[@]}
 if [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes="1 (exit $status, no artifact)"; fi
 

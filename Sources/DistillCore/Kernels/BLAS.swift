@@ -1,6 +1,6 @@
 import CBLAS
 
-/// Single-precision matrix multiply through OpenBLAS (the only file that calls CBLAS):
+/// Single-precision matrix multiply through OpenBLAS (the only file that calls it):
 /// C = alpha * op(A) * op(B) + beta * C, row-major, op(X) = X or X^T.
 public enum BLAS {
   @inline(__always)

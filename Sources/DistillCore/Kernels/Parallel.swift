@@ -1,11 +1,15 @@
 import Dispatch
+import Foundation
 
 /// Splits loops across the cores.
 public enum Parallel {
+  /// Upper bound on the threads `forEach` uses; 1 runs everything serially.
+  nonisolated(unsafe) public static var threads = ProcessInfo.processInfo.activeProcessorCount
+
   /// Runs `body(0..<count)` on all cores when `work` (elements touched) is large enough to pay for
   /// the threads, else serially. `body` must only write to disjoint memory per index.
   public static func forEach(_ count: Int, work: Int = .max, _ body: (Int) -> Void) {
-    guard count > 1, work > 1 << 15 else {
+    guard count > 1, work > 1 << 15, threads > 1 else {
       for index in 0..<count { body(index) }
       return
     }

@@ -20,6 +20,8 @@ public final class Interpreter: @unchecked Sendable {
   private var inputSlots: [(info: ValueInfo, slot: Int, hasDefault: Bool)] = []
   private var outerSlots: [(name: String, slot: Int)] = []
   private var outputSlots: [Int] = []
+  /// When set, `run` adds each node's wall time (ms) to its op type's entry.
+  public var profile: [String: Double]?
   /// Largest tensor, in bytes, one operator may allocate (default: 80% of physical memory).
   public var memoryBudget: Int = Int(Double(ProcessInfo.processInfo.physicalMemory) * 0.8)
 
@@ -126,7 +128,11 @@ public final class Interpreter: @unchecked Sendable {
         return scope(name)
       }
       let inputs = step.inputs.map { $0.flatMap { values[$0] } }
+      let start = profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
       let results = try step.op.forward(inputs, context)
+      if profile != nil {
+        profile![step.node.opType, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
+      }
       for (index, slot) in step.outputs.enumerated() {
         guard let slot else { continue }
         guard index < results.count else {
