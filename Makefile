@@ -36,10 +36,12 @@ test: deps python-deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --disable-swift-testing
 	python3 tools/check_roundtrip.py $(DISTILL_DEBUG) $$(ls Tests/Fixtures/models/*/model.onnx | grep -v attributes_custom_op)
+	python3 tools/check_parity.py $(DISTILL_DEBUG) $$(ls -d Tests/Fixtures/models/*/ | grep -v attributes_custom_op)
 	@if python3 -c "import torch, torchvision" 2>/dev/null; then \
 	  python3 tools/export_detectors.py .build-fixtures/detectors && \
-	  python3 tools/check_roundtrip.py $(DISTILL_DEBUG) .build-fixtures/detectors/*/model.onnx; \
-	else echo "skipped: round trips of torchvision detectors (PyTorch and torchvision are not installed)"; fi
+	  python3 tools/check_roundtrip.py $(DISTILL_DEBUG) .build-fixtures/detectors/*/model.onnx && \
+	  python3 tools/check_parity.py $(DISTILL_DEBUG) .build-fixtures/detectors/*/; \
+	else echo "skipped: round trips and onnxruntime parity of torchvision detectors (PyTorch and torchvision are not installed)"; fi
 
 demo: release
 	$(DISTILL) inspect models/tiny_fpn.onnx
