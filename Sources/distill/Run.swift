@@ -26,7 +26,7 @@ struct Run: ParsableCommand {
 
   func run() throws {
     let loaded = try ModelFile.read(model)
-    let interpreter = try Interpreter(model: loaded)
+    let interpreter = try Interpreter(model: loaded, keep: Set(tap))
     if let memoryBudget { interpreter.memoryBudget = memoryBudget << 20 }
     let feeds = try InputLoader(graph: loaded.graph!, image: image).feeds(arguments: input, dataDirectory: data)
     let result = try interpreter.run(feeds, taps: Set(tap))

@@ -130,7 +130,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0:abort_on_error=0:symb
 export ASAN_SYMBOLIZER_PATH=${ASAN_SYMBOLIZER_PATH:-$bindir/llvm-symbolizer}
 read -r -a extra <<<"${FUZZ_ARGS:-}"
 args=(-max_len=65536 -timeout=10 -rss_limit_mb=4096 -max_total_time="$seconds" -print_final_stats=1
-  -artifact_prefix="$out/artifacts/" "${extra[@]}" "$corpus")
+  -dict="$root/tools/fuzz/onnx.dict" -artifact_prefix="$out/artifacts/" "${extra[@]}" "$corpus")
 echo "fuzz: $binary ${args[*]}  ($seeds seed files; log $log)" >&2
 start=$(date +%s)
 if [ "${FUZZ_VERBOSE:-0}" = 1 ]; then
@@ -145,7 +145,7 @@ elapsed=$(( $(date +%s) - start ))
 # ---- report ------------------------------------------------------------------------------------
 new=()
 while IFS= read -r file; do new+=("$file"); done < <(find "$out/artifacts" -maxdepth 1 -type f -newer "$marker" \
-  \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'slow-unit-*' \) | sort)
+  \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | sort)
 rm -f "$marker"
 for file in "${new[@]}"; do cp "$file" "$findings/"; done
 
@@ -165,11 +165,16 @@ crashes=${#new[@]}
 if [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes="1 (exit $status, no artifact)"; fi
 
 if [ "$status" -ne 0 ] || [ ${#new[@]} -gt 0 ]; then
-  echo "fuzz: FINDING (libFuzzer exit $status). Report:" >&2
-  # The sanitizer or Swift runtime report, from its first line to libFuzzer's artifact note.
-  awk '/^(==[0-9]+==|Fatal error|.*Fatal error:|SUMMARY:|.*runtime error)|deadly signal|ERROR: libFuzzer/ {on=1} on' "$log" \
-    | head -n 80 >&2
-  for file in "${new[@]}"; do echo "fuzz: reproducer kept as tools/fuzz/findings/$(basename "$file")" >&2; done
+  echo "fuzz: FINDING (libFuzzer exit $status)" >&2
+  if [ ${#new[@]} -eq 0 ]; then
+    awk '/^(==[0-9]+==|.*Fatal error:|SUMMARY:)|deadly signal|ERROR: libFuzzer/ {on=1} on' "$log" | head -n 60 >&2
+  fi
+  # Replay each reproducer for its report (with -fork the inner reports are not in the log).
+  for file in "${new[@]}"; do
+    echo "fuzz: reproducer kept as tools/fuzz/findings/$(basename "$file"); replayed:" >&2
+    "$binary" -timeout=10 -rss_limit_mb=4096 "$file" 2>&1 \
+      | grep -E 'Fatal error|ERROR: |SUMMARY: |^ *#[0-9]+ .*(/Sources/|/proto/|FuzzImport)' | head -n 25 | sed 's/^/    /' >&2
+  done
 fi
 
 echo "fuzz: ${elapsed}s, ${execs:-?} execs (${rate:-?}/s), cov: ${cov:-?} edges, ft: ${ft:-?}, corpus: ${corp:-?}," \

@@ -52,9 +52,14 @@ struct ConvAttributes {
 
 struct Conv: Operator {
   let attributes: ConvAttributes
+  /// Set by `Fusion`: the activation applied to the result, and whether input 3 is added to it.
+  let activation: FusedActivation
+  let residual: Bool
 
   init(_ node: Node, _ setup: OperatorSetup) throws {
     attributes = ConvAttributes(node)
+    activation = FusedActivation(node)
+    residual = node.attribute(Fusion.residualAttribute) != nil
     if attributes.group < 1 { throw setup.error("attribute group is \(attributes.group), expected at least 1") }
   }
 
@@ -109,30 +114,52 @@ struct Conv: Operator {
     let g = try geometry(x, w, context)
     let shape = [batch, filters] + g.output
     try context.checkAllocation(shape)
-    var y = [Float](repeating: 0, count: shape.reduce(1, *))
+    var y: [Float]
+    if residual {
+      let other = try context.input(inputs, 3, "residual")
+      guard other.shape == shape, other.isFloat else {
+        throw context.error("fused residual input \(other.shapeDescription) does not match the output \(shape)")
+      }
+      y = other.floats
+    } else {
+      y = [Float](repeating: 0, count: shape.reduce(1, *))
+    }
     x.floats.withUnsafeBufferPointer { px in
       w.floats.withUnsafeBufferPointer { pw in
         y.withUnsafeMutableBufferPointer { py in
           if group == channels && w.shape[1] == 1 && g.spatialRank == 2 {
             Conv.depthwise2D(px.baseAddress!, pw.baseAddress!, py.baseAddress!, batch: batch, channels: channels, filters: filters, g)
           } else {
-            Conv.gemmConvolution(px.baseAddress!, pw.baseAddress!, py.baseAddress!, batch: batch, channels: channels, filters: filters, group: group, g)
+            Conv.gemmConvolution(
+              px.baseAddress!, pw.baseAddress!, py.baseAddress!, batch: batch, channels: channels, filters: filters, group: group,
+              accumulate: residual, g)
           }
         }
       }
     }
-    if let bias { Conv.addBias(&y, bias.floats, planes: batch, size: g.outputSize) }
+    Conv.finish(&y, bias: bias?.floats, filters: filters, planes: batch * filters, size: g.outputSize, activation)
     return [Tensor(shape: shape, floats: y, dtype: x.dtype).normalized()]
   }
 
-  static func addBias(_ y: inout [Float], _ bias: [Float], planes batch: Int, size: Int) {
-    let filters = bias.count
+  /// Adds the bias of each output plane and applies the fused activation, in one pass.
+  static func finish(
+    _ y: inout [Float], bias: [Float]?, filters: Int, planes: Int, size: Int, _ activation: FusedActivation
+  ) {
+    if bias == nil && activation == .none { return }
     y.withUnsafeMutableBufferPointer { py in
-      for n in 0..<batch {
-        for m in 0..<filters {
-          let b = bias[m]
-          let base = py.baseAddress! + (n * filters + m) * size
-          for index in 0..<size { base[index] += b }
+      let base = py.baseAddress!
+      Parallel.forEach(planes, work: planes * size) { plane in
+        let b = bias?[plane % filters] ?? 0
+        let row = base + plane * size
+        switch activation {
+        case .none: for i in 0..<size { row[i] += b }
+        case .relu: for i in 0..<size { row[i] = max(row[i] + b, 0) }
+        case .leakyRelu(let alpha):
+          for i in 0..<size {
+            let v = row[i] + b
+            row[i] = v >= 0 ? v : alpha * v
+          }
+        case .clip(let low, let high): for i in 0..<size { row[i] = min(max(row[i] + b, low), high) }
         }
       }
     }
@@ -141,7 +168,7 @@ struct Conv: Operator {
   /// Per image and group: Y_g [M/g, out] = W_g [M/g, C/g*k] x col [C/g*k, out].
   static func gemmConvolution(
     _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, batch: Int, channels: Int,
-    filters: Int, group: Int, _ g: ConvGeometry
+    filters: Int, group: Int, accumulate: Bool = false, _ g: ConvGeometry
   ) {
     let groupChannels = channels / group, groupFilters = filters / group
     let rows = groupChannels * g.kernelSize
@@ -155,7 +182,7 @@ struct Conv: Operator {
         if let col { im2col(image, col, channels: groupChannels, g) }
         BLAS.sgemm(
           m: groupFilters, n: columns, k: rows, a: w + k * groupFilters * rows, lda: rows, b: col.map { UnsafePointer($0) } ?? image,
-          ldb: columns, c: y + (n * filters + k * groupFilters) * columns, ldc: columns)
+          ldb: columns, beta: accumulate ? 1 : 0, c: y + (n * filters + k * groupFilters) * columns, ldc: columns)
       }
     }
   }
@@ -356,7 +383,7 @@ struct ConvTranspose: Operator {
     }
     if let bias {
       guard bias.shape == [filters] else { throw context.error("input B has shape \(bias.shapeDescription), expected [\(filters)]") }
-      Conv.addBias(&y, bias.floats, planes: batch, size: g.outputSize)
+      Conv.finish(&y, bias: bias.floats, filters: filters, planes: batch * filters, size: g.outputSize, .none)
     }
     return [Tensor(shape: shape, floats: y, dtype: x.dtype).normalized()]
   }

@@ -743,16 +743,12 @@ private enum Indexing {
     }
   }
 
-  /// Runs `body` over `0..<count`, split in chunks over the cores when `work` (elements touched) is large.
+  /// Runs `body` over `0..<count` in contiguous chunks, spread over `Parallel.threads` when
+  /// `work` (elements touched) is large.
   static func parallel(_ count: Int, work: Int, _ body: (Range<Int>) -> Void) {
-    let cores = ProcessInfo.processInfo.activeProcessorCount
-    guard work >= 1 << 16, count > 1, cores > 1 else { return body(0..<count) }
-    let chunks = min(count, cores * 4)
-    withoutActuallyEscaping(body) { body in
-      nonisolated(unsafe) let shared = body
-      DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
-        shared(count * chunk / chunks..<count * (chunk + 1) / chunks)
-      }
-    }
+    let threads = Parallel.threads
+    guard work >= 1 << 16, count > 1, threads > 1 else { return body(0..<count) }
+    let chunks = min(count, threads * 4)
+    Parallel.forEach(chunks, work: work) { chunk in body(count * chunk / chunks..<count * (chunk + 1) / chunks) }
   }
 }

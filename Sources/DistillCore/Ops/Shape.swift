@@ -214,6 +214,7 @@ struct Transpose: Operator {
     guard perm.sorted() == Array(0..<x.rank) else {
       throw context.error("attribute perm \(perm) is not a permutation of the \(x.rank) axes of input data \(x.shapeDescription)")
     }
+    if perm == Array(0..<x.rank) { return [x] }
     let strides = x.strides
     return [x.strided(offset: 0, strides: perm.map { strides[$0] }, shape: perm.map { x.shape[$0] })]
   }
@@ -374,6 +375,7 @@ struct StridedSlice: Operator {
       if count > 0 { offset += start * inputStrides[axis] }
       strides[axis] = count > 1 ? inputStrides[axis] * step : 0
     }
+    if shape == x.shape && strides == inputStrides { return [x] }
     return [x.strided(offset: offset, strides: strides, shape: shape)]
   }
 }
@@ -389,6 +391,7 @@ struct Expand: Operator {
     guard let shape = Broadcast.shape([x.shape, requested]) else {
       throw context.error("input \(x.shapeDescription) does not broadcast to shape \(requested)")
     }
+    if shape == x.shape { return [x] }
     try context.checkAllocation(shape, elementBytes: x.isFloat ? 4 : 8)
     return [x.strided(offset: 0, strides: Broadcast.strides(of: x.shape, broadcastTo: shape), shape: shape)]
   }
@@ -406,6 +409,7 @@ struct Tile: Operator {
       throw context.error("input repeats \(repeats) needs \(x.rank) non-negative counts for input \(x.shapeDescription)")
     }
     let shape = zip(x.shape, repeats).map { $0 * $1 }
+    if shape == x.shape { return [x] }
     try context.checkAllocation(shape, elementBytes: x.isFloat ? 4 : 8)
     // Output index (copy k, position j) along an axis is k * dim + j: a row-major [repeat, dim] view.
     let strides = x.strides
@@ -483,7 +487,7 @@ struct Pad: Operator {
     let shape = x.shape.indices.map { x.shape[$0] + begins[$0] + ends[$0] }
     guard shape.allSatisfy({ $0 >= 0 }) else { throw context.error("pads \(pads) crop input data \(x.shapeDescription) below zero") }
     try context.checkAllocation(shape, elementBytes: x.isFloat ? 4 : 8)
-    if x.rank == 0 { return [x] }
+    if x.rank == 0 || shape == x.shape && begins.allSatisfy({ $0 == 0 }) { return [x] }
     if mode != .constant, let axis = x.shape.indices.first(where: { x.shape[$0] == 0 && shape[$0] > 0 }) {
       throw context.error("cannot \(mode.rawValue)-pad axis \(axis) of input data \(x.shapeDescription): it is empty")
     }
@@ -635,17 +639,13 @@ private enum Layout {
     return axis < 0 ? axis + rank : axis
   }
 
-  /// Runs `body` over `0..<count`, split in chunks over the cores when `work` (elements touched) is large.
+  /// Runs `body` over `0..<count` in contiguous chunks, spread over `Parallel.threads` when
+  /// `work` (elements touched) is large.
   static func parallel(_ count: Int, work: Int, _ body: (Range<Int>) -> Void) {
-    let cores = ProcessInfo.processInfo.activeProcessorCount
-    guard work >= 1 << 16, count > 1, cores > 1 else { return body(0..<count) }
-    let chunks = min(count, cores * 4)
-    withoutActuallyEscaping(body) { body in
-      nonisolated(unsafe) let shared = body
-      DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
-        shared(count * chunk / chunks..<count * (chunk + 1) / chunks)
-      }
-    }
+    let threads = Parallel.threads
+    guard work >= 1 << 16, count > 1, threads > 1 else { return body(0..<count) }
+    let chunks = min(count, threads * 4)
+    Parallel.forEach(chunks, work: work) { chunk in body(count * chunk / chunks..<count * (chunk + 1) / chunks) }
   }
 
   /// A row-major array of `shape` whose element at index `i` is `source[offset + Σ i[a] * strides[a]]`
@@ -671,9 +671,9 @@ private enum Layout {
     if innerStep != 1 && innerStep != 0, steps.last == 1, dims.last! >= 8, inner >= 8 {
       // A (batched) 2-D transpose: reading rows of the source across the output's inner axis
       // would touch a new cache line per element, so copy in square tiles instead.
-      let rows = dims.removeLast()
+      let sourceRows = dims.removeLast()
       steps.removeLast()
-      return transposeTiles(src, offset: offset, batchDims: dims, batchSteps: steps, rows: rows, columns: inner, columnStep: innerStep)
+      return transposeTiles(src, offset: offset, batchDims: dims, batchSteps: steps, rows: sourceRows, columns: inner, columnStep: innerStep)
     }
     let outerDims = dims, outerSteps = steps
     return [T](unsafeUninitializedCapacity: total) { out, initialized in
@@ -722,7 +722,7 @@ extension Layout {
   static func transposeTiles<T>(
     _ source: UnsafePointer<T>, offset: Int, batchDims: [Int], batchSteps: [Int], rows: Int, columns: Int, columnStep: Int
   ) -> [T] {
-    let tile = 32
+    let tile = 64
     let batches = batchDims.reduce(1, *), rowTiles = (rows + tile - 1) / tile
     let total = batches * rows * columns
     return [T](unsafeUninitializedCapacity: total) { out, initialized in
@@ -739,9 +739,9 @@ extension Layout {
           var c0 = 0
           while c0 < columns {
             let c1 = min(c0 + tile, columns)
-            for c in c0..<c1 {
-              let from = source + base + c * columnStep
-              for r in r0..<r1 { (target + r * columns + c).initialize(to: from[r]) }
+            for r in r0..<r1 {
+              let to = target + r * columns, from = source + base + r
+              for c in c0..<c1 { (to + c).initialize(to: from[c * columnStep]) }
             }
             c0 = c1
           }

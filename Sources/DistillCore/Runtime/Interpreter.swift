@@ -25,9 +25,22 @@ public final class Interpreter: @unchecked Sendable {
   /// Largest tensor, in bytes, one operator may allocate (default: 80% of physical memory).
   public var memoryBudget: Int = Int(Double(ProcessInfo.processInfo.physicalMemory) * 0.8)
 
-  /// Prepares `graph`; `opsets` maps each domain to the model's opset version for it.
-  public init(graph: Graph, opsets: [String: Int], registry: OperatorRegistry = .standard) throws {
+  /// Values fused away (see `Fusion`), which `run` cannot tap.
+  private var fusedAway: Set<String> = []
+
+  /// Prepares `graph`; `opsets` maps each domain to the model's opset version for it. With
+  /// `fuse`, convolutions absorb following residual Adds and activations, except where that would
+  /// hide a value named in `keep` (the taps a caller will ask for).
+  public init(
+    graph original: Graph, opsets: [String: Int], registry: OperatorRegistry = .standard, fuse: Bool = true,
+    keep: Set<String> = []
+  ) throws {
+    let graph = fuse ? Fusion.fuse(original, keep: keep) : original
     self.graph = graph
+    if fuse {
+      let before = Set(original.nodes.flatMap(\.outputs)), after = Set(graph.nodes.flatMap(\.outputs))
+      fusedAway = before.subtracting(after)
+    }
     func slot(_ name: String) -> Int {
       if let existing = slotOf[name] { return existing }
       slotOf[name] = names.count
@@ -53,7 +66,7 @@ public final class Interpreter: @unchecked Sendable {
         continue
       }
       let setup = OperatorSetup(opset: opset, label: node.label) { subgraph in
-        try Interpreter(graph: subgraph, opsets: opsets, registry: registry)
+        try Interpreter(graph: subgraph, opsets: opsets, registry: registry, fuse: fuse)
       }
       let op = try type.init(node, setup)
       var reads = node.inputs.filter { !$0.isEmpty }
@@ -83,11 +96,11 @@ public final class Interpreter: @unchecked Sendable {
   }
 
   /// Prepares the main graph of `model`.
-  public convenience init(model: Model, registry: OperatorRegistry = .standard) throws {
+  public convenience init(model: Model, registry: OperatorRegistry = .standard, fuse: Bool = true, keep: Set<String> = []) throws {
     guard let graph = model.graph else { throw RuntimeError("the model has no graph") }
     var opsets: [String: Int] = [:]
     for opset in model.opsetImports { opsets[Graph.canonicalDomain(opset.domain ?? "")] = Int(opset.version) }
-    try self.init(graph: graph, opsets: opsets, registry: registry)
+    try self.init(graph: graph, opsets: opsets, registry: registry, fuse: fuse, keep: keep)
   }
 
   /// The graph inputs a caller must feed (those without an initializer as default).
@@ -118,6 +131,9 @@ public final class Interpreter: @unchecked Sendable {
     }
     let tapSlots = Set(taps.compactMap { slotOf[$0] })
     for name in taps where slotOf[name] == nil {
+      if fusedAway.contains(name) {
+        throw RuntimeError("value '\(name)' was fused into a convolution; prepare the interpreter with it in `keep`")
+      }
       throw RuntimeError("no value named '\(name)' to tap; `distill inspect` lists the node outputs")
     }
     var tapped: [String: Tensor] = [:]
