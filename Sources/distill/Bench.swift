@@ -74,7 +74,7 @@ struct Bench: ParsableCommand {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     let report: [String: Any] = [
-      "model": model, "runs": runs, "threads": threadCount,
+      "model": model, "runs": runs, "threads": threadCount, "blas_core": BLAS.coreName,
       "forward_ms_median": (median * 100).rounded() / 100, "forward_ms_min": (sorted[0] * 100).rounded() / 100,
       "forward_ms_mean": (times.reduce(0, +) / Double(times.count) * 100).rounded() / 100,
       "peak_rss_mb": (Double(usage.ru_maxrss) / 1024 * 10).rounded() / 10,
