@@ -42,6 +42,10 @@ test: deps python-deps
 	  python3 tools/check_roundtrip.py $(DISTILL_DEBUG) .build-fixtures/detectors/*/model.onnx && \
 	  python3 tools/check_parity.py $(DISTILL_DEBUG) .build-fixtures/detectors/*/; \
 	else echo "skipped: round trips and onnxruntime parity of torchvision detectors (PyTorch and torchvision are not installed)"; fi
+	@if python3 -c "import paddle, paddle2onnx" 2>/dev/null; then \
+	  python3 tools/export_paddle.py .build-fixtures/paddle && \
+	  python3 tools/check_parity.py $(DISTILL_DEBUG) .build-fixtures/paddle/*/; \
+	else echo "skipped: onnxruntime parity of Paddle exports (paddlepaddle and paddle2onnx are not installed)"; fi
 
 demo: release
 	$(DISTILL) inspect models/tiny_fpn.onnx

@@ -30,6 +30,7 @@ let package = Package(
     .testTarget(name: "DistillONNXTests", dependencies: ["DistillONNX", "DistillCore"]),
     .testTarget(name: "CLITests", dependencies: ["DistillONNX"]),
     .testTarget(name: "ConformanceTests", dependencies: ["DistillCore", "DistillONNX"]),
+    .testTarget(name: "RuntimeTests", dependencies: ["DistillCore", "DistillONNX"]),
   ],
   // Numeric kernels share raw buffers across DispatchQueue.concurrentPerform iterations by design;
   // Swift 6's strict Sendable checking would demand wrappers around every such loop.

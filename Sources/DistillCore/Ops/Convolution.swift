@@ -114,16 +114,25 @@ struct Conv: Operator {
     let g = try geometry(x, w, context)
     let shape = [batch, filters] + g.output
     try context.checkAllocation(shape)
+    // A fused residual of the output's shape seeds the output (sgemm then accumulates into it);
+    // one that only broadcasts (a bias written as Add) is added after the bias.
     var y: [Float]
+    var broadcastResidual: Tensor?
     if residual {
       let other = try context.input(inputs, 3, "residual")
-      guard other.shape == shape, other.isFloat else {
-        throw context.error("fused residual input \(other.shapeDescription) does not match the output \(shape)")
+      guard other.isFloat, Broadcast.shape([shape, other.shape]) == shape else {
+        throw context.error("fused residual input \(other.shapeDescription) does not broadcast to the output \(shape)")
       }
-      y = other.floats
+      if other.shape == shape {
+        y = other.floats
+      } else {
+        y = [Float](repeating: 0, count: shape.reduce(1, *))
+        broadcastResidual = other
+      }
     } else {
       y = [Float](repeating: 0, count: shape.reduce(1, *))
     }
+    let accumulate = residual && broadcastResidual == nil
     x.floats.withUnsafeBufferPointer { px in
       w.floats.withUnsafeBufferPointer { pw in
         y.withUnsafeMutableBufferPointer { py in
@@ -132,12 +141,18 @@ struct Conv: Operator {
           } else {
             Conv.gemmConvolution(
               px.baseAddress!, pw.baseAddress!, py.baseAddress!, batch: batch, channels: channels, filters: filters, group: group,
-              accumulate: residual, g)
+              accumulate: accumulate, g)
           }
         }
       }
     }
-    Conv.finish(&y, bias: bias?.floats, filters: filters, planes: batch * filters, size: g.outputSize, activation)
+    if let other = broadcastResidual {
+      Conv.finish(&y, bias: bias?.floats, filters: filters, planes: batch * filters, size: g.outputSize, .none)
+      y = Broadcast.apply(y, shape, other.floats, other.shape, +)!.0
+      Conv.finish(&y, bias: nil, filters: filters, planes: batch * filters, size: g.outputSize, activation)
+    } else {
+      Conv.finish(&y, bias: bias?.floats, filters: filters, planes: batch * filters, size: g.outputSize, activation)
+    }
     return [Tensor(shape: shape, floats: y, dtype: x.dtype).normalized()]
   }
 

@@ -1,0 +1,124 @@
+import DistillCore
+import DistillONNX
+import Foundation
+import XCTest
+
+let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+  .appendingPathComponent("Fixtures")
+
+func fixtureModel(_ name: String) throws -> Model {
+  try ModelFile.read(fixtures.appendingPathComponent("models/\(name)/model.onnx").path)
+}
+
+func tensorInput(_ name: String, _ type: DataType, _ dims: [Int64?]) -> ValueInfo {
+  ValueInfo(name: name, type: .tensor(elementType: type, shape: dims.map { ShapeDimension(value: $0) }, denotation: nil))
+}
+
+/// A one-node model built in the IR (not as protobuf bytes).
+func singleNodeModel(_ node: Node, inputs: [ValueInfo], initializers: [TensorValue] = []) -> Model {
+  var graph = Graph()
+  graph.name = "test"
+  graph.nodes = [node]
+  graph.inputs = inputs
+  graph.initializers = initializers
+  graph.outputs = node.outputs.map { ValueInfo(name: $0) }
+  var model = Model()
+  model.irVersion = 8
+  model.opsetImports = [OperatorSetID(domain: "", version: 17)]
+  model.graph = graph
+  return model
+}
+
+final class InterpreterTests: XCTestCase {
+  func testMemoryBudgetStopsHugeAllocationsWithTheNodeNamed() throws {
+    let constant = singleNodeModel(
+      Node(name: "huge", opType: "ConstantOfShape", inputs: ["shape"], outputs: ["y"]), inputs: [tensorInput("shape", .int64, [3])])
+    let interpreter = try Interpreter(model: constant)
+    let shape = Tensor(shape: [3], ints: [100_000, 100_000, 100_000])
+    XCTAssertThrowsError(try interpreter.run(["shape": shape])) { error in
+      let message = "\(error)"
+      XCTAssertTrue(message.contains("ConstantOfShape 'huge'"), message)
+      XCTAssertTrue(message.contains("memory budget"), message)
+    }
+    let expand = singleNodeModel(
+      Node(name: "wide", opType: "Expand", inputs: ["x", "shape"], outputs: ["y"]),
+      inputs: [tensorInput("x", .float, [1]), tensorInput("shape", .int64, [2])])
+    XCTAssertThrowsError(
+      try Interpreter(model: expand).run(["x": Tensor(shape: [1], floats: [1]), "shape": Tensor(shape: [2], ints: [1 << 31, 1 << 31])])
+    ) { error in XCTAssertTrue("\(error)".contains("Expand 'wide'"), "\(error)") }
+  }
+
+  func testShapeMismatchNamesTheNodeTheOpAndTheInputs() throws {
+    let model = singleNodeModel(
+      Node(name: "sum", opType: "Add", inputs: ["a", "b"], outputs: ["c"]),
+      inputs: [tensorInput("a", .float, [2, 3]), tensorInput("b", .float, [4])])
+    XCTAssertThrowsError(
+      try Interpreter(model: model).run(["a": Tensor(zeros: [2, 3]), "b": Tensor(zeros: [4])])
+    ) { error in
+      XCTAssertEqual("\(error)", "Add 'sum': inputs A [2,3] and B [4] do not broadcast")
+    }
+  }
+
+  func testInputsAreCheckedAgainstTheirDeclaredTypes() throws {
+    let model = singleNodeModel(
+      Node(name: "r", opType: "Relu", inputs: ["x"], outputs: ["y"]), inputs: [tensorInput("x", .float, [1, 3])])
+    let interpreter = try Interpreter(model: model)
+    XCTAssertThrowsError(try interpreter.run(["x": Tensor(zeros: [1, 4])])) { error in
+      XCTAssertTrue("\(error)".contains("input 'x' has shape [1,4], the model declares [1,3]"), "\(error)")
+    }
+    XCTAssertThrowsError(try interpreter.run([:])) { error in XCTAssertTrue("\(error)".contains("missing input 'x'")) }
+  }
+
+  func testUnsupportedOperatorsAreNamedWithDomainAndOpset() throws {
+    XCTAssertThrowsError(try Interpreter(model: try fixtureModel("attributes_custom_op"))) { error in
+      XCTAssertTrue("\(error)".contains("com.example::MyOp (opset 1)"), "\(error)")
+    }
+  }
+
+  /// Fusing Conv with its residual Add and Relu changes no result, and tapped values survive it.
+  func testFusionMatchesUnfusedRunAndKeepsTaps() throws {
+    let model = try fixtureModel("tiny_fpn")
+    let input = try Tensor(ModelFile.readTensor(fixtures.appendingPathComponent("models/tiny_fpn/test_data_set_0/input_0.pb").path))
+    let plain = try Interpreter(model: model, fuse: false).run(["images": input], taps: ["backbone/conv2/conv_out"])
+    let fused = try Interpreter(model: model, keep: ["backbone/conv2/conv_out"]).run(["images": input], taps: ["backbone/conv2/conv_out"])
+    // Folding BatchNormalization into weights rounds differently, so compare with a tolerance.
+    func assertClose(_ a: Tensor?, _ b: Tensor?, _ what: String) {
+      guard let a, let b else { return XCTFail("\(what) missing") }
+      XCTAssertEqual(a.shape, b.shape, what)
+      // The parity tolerance against onnxruntime: |a - b| <= 1e-4 + 1e-3 |b|.
+      let worst = zip(a.floats, b.floats).map { abs($0 - $1) / (1e-4 + 1e-3 * abs($1)) }.max() ?? 0
+      XCTAssertLessThanOrEqual(worst, 1, "\(what): error \(worst) times the tolerance")
+    }
+    assertClose(plain.taps["backbone/conv2/conv_out"], fused.taps["backbone/conv2/conv_out"], "tap")
+    for (index, (a, b)) in zip(plain.outputs, fused.outputs).enumerated() { assertClose(a, b, "output \(index)") }
+    XCTAssertThrowsError(try Interpreter(model: model).run(["images": input], taps: ["backbone/conv1/bn_out"])) { error in
+      XCTAssertTrue("\(error)".contains("fused"), "\(error)")
+    }
+  }
+
+  /// Paddle writes a conv bias as Add(conv, [1,C,1,1]): fused as a residual it must broadcast.
+  func testFusedAddThatOnlyBroadcastsMatchesUnfused() throws {
+    var graph = Graph()
+    graph.name = "bias_as_add"
+    graph.nodes = [
+      Node(name: "conv", opType: "Conv", inputs: ["x", "w"], outputs: ["c"], attributes: [Attribute(name: "pads", value: .ints([1, 1, 1, 1]))]),
+      Node(name: "bias", opType: "Add", inputs: ["c", "b"], outputs: ["s"]),
+      Node(name: "act", opType: "Relu", inputs: ["s"], outputs: ["y"]),
+    ]
+    graph.inputs = [tensorInput("x", .float, [1, 2, 5, 5]), tensorInput("w", .float, [3, 2, 3, 3]), tensorInput("b", .float, [1, 3, 1, 1])]
+    graph.outputs = [ValueInfo(name: "y")]
+    var model = Model()
+    model.irVersion = 8
+    model.opsetImports = [OperatorSetID(domain: "", version: 17)]
+    model.graph = graph
+    let feeds = [
+      "x": Tensor(shape: [1, 2, 5, 5], floats: (0..<50).map { Float($0 % 7) - 3 }),
+      "w": Tensor(shape: [3, 2, 3, 3], floats: (0..<54).map { Float($0 % 5) / 4 - 0.5 }),
+      "b": Tensor(shape: [1, 3, 1, 1], floats: [-1, 0.5, 2]),
+    ]
+    let plain = try Interpreter(model: model, fuse: false).run(feeds).outputs[0]
+    let fused = try Interpreter(model: model).run(feeds).outputs[0]
+    XCTAssertEqual(plain.shape, [1, 3, 5, 5])
+    XCTAssertEqual(plain.floats, fused.floats)
+  }
+}
