@@ -28,7 +28,7 @@ let package = Package(
       dependencies: ["DistillCore", "DistillONNX", "DistillDetection", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: optimize),
     .testTarget(name: "DistillONNXTests", dependencies: ["DistillONNX", "DistillCore"]),
-    .testTarget(name: "CLITests", dependencies: ["DistillONNX"]),
+    .testTarget(name: "CLITests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "ConformanceTests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "RuntimeTests", dependencies: ["DistillCore", "DistillONNX"]),
   ],

@@ -1,3 +1,5 @@
+import DistillCore
+import DistillONNX
 import Foundation
 import XCTest
 
@@ -125,5 +127,92 @@ final class CLITests: XCTestCase {
     XCTAssertNotEqual(checkpoint.status, 0)
     XCTAssertTrue(checkpoint.stderr.contains("cannot train yet"), checkpoint.stderr)
     XCTAssertFalse(FileManager.default.fileExists(atPath: path + ".2"))
+  }
+
+  func temporaryDirectory() throws -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("distill-cli-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+  }
+
+  func testRunWritesOutputsThatMatchOnnxruntime() throws {
+    let out = try temporaryDirectory()
+    let data = fixtures.appendingPathComponent("models/tiny_fpn/test_data_set_0").path
+    let result = try distill(["run", model("tiny_fpn"), "--data", data, "--output-dir", out, "--tap", "fpn/p4_out"])
+    XCTAssertEqual(result.status, 0, result.stderr)
+    for index in 0..<2 {
+      let actual = try Tensor(ModelFile.readTensor("\(out)/output_\(index).pb"))
+      let expected = try Tensor(ModelFile.readTensor("\(data)/output_\(index).pb"))
+      XCTAssertEqual(actual.shape, expected.shape)
+      for (a, e) in zip(actual.floats, expected.floats) { XCTAssertEqual(a, e, accuracy: 1e-4 + 1e-3 * abs(e)) }
+    }
+    let tap = try ModelFile.readTensor("\(out)/tap_0.pb")
+    XCTAssertEqual(tap.name, "fpn/p4_out")
+    XCTAssertEqual(tap.dims, [1, 16, 8, 8])
+  }
+
+  func testRunPrintsASummaryWithoutOutputDirectory() throws {
+    let data = fixtures.appendingPathComponent("models/tiny_fpn/test_data_set_0").path
+    let result = try distill(["run", model("tiny_fpn"), "--data", data])
+    XCTAssertEqual(result.status, 0, result.stderr)
+    XCTAssertTrue(result.stdout.contains("scores  float32 [1,336,3]  min "), result.stdout)
+  }
+
+  /// PNG and JPEG inputs are decoded, resized and normalised as PyTorch does (tools/make_image_fixtures.py).
+  func testRunReadsImages() throws {
+    let directory = try temporaryDirectory()
+    var graph = Graph()
+    graph.name = "identity"
+    graph.nodes = [Node(name: "id", opType: "Identity", inputs: ["x"], outputs: ["y"])]
+    graph.inputs = [ValueInfo(name: "x", type: .tensor(elementType: .float, shape: [1, 3, 32, 40].map { ShapeDimension(value: $0) }, denotation: nil))]
+    graph.outputs = [ValueInfo(name: "y")]
+    var identity = Model()
+    identity.irVersion = 8
+    identity.opsetImports = [OperatorSetID(domain: "", version: 17)]
+    identity.graph = graph
+    try ModelFile.write(identity, to: "\(directory)/identity.onnx")
+    // One 8-bit level after normalising is 1/255/0.224 = 0.0176: resampling may round a pixel the
+    // other way; JPEG decoders may differ by a few levels.
+    for (file, tolerance) in [("pattern.png", Float(0.018)), ("pattern.jpg", Float(0.05))] {
+      let image = fixtures.appendingPathComponent("images/\(file)").path
+      let out = "\(directory)/\(file)"
+      let result = try distill([
+        "run", "\(directory)/identity.onnx", "--input", "x=\(image)", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
+        "--output-dir", out,
+      ])
+      XCTAssertEqual(result.status, 0, result.stderr)
+      let actual = try Tensor(ModelFile.readTensor("\(out)/output_0.pb"))
+      let expected = try NumpyFile.read(fixtures.appendingPathComponent("images/\(file.replacingOccurrences(of: ".", with: "_"))_32x40.npy").path)
+      XCTAssertEqual(actual.shape, expected.shape)
+      let errors = zip(actual.floats, expected.floats).map { abs($0 - $1) }
+      XCTAssertLessThanOrEqual(errors.max() ?? 0, tolerance, file)
+      XCTAssertLessThan(errors.reduce(0, +) / Float(errors.count), 0.002, "\(file): mean error")
+    }
+    let corrupt = try distill(["run", "\(directory)/identity.onnx", "--input", "x=" + fixtures.appendingPathComponent("images/corrupt.png").path])
+    XCTAssertEqual(corrupt.status, 1)
+    XCTAssertTrue(corrupt.stderr.contains("corrupt.png"), corrupt.stderr)
+  }
+
+  func testRunNamesUnsupportedOperatorsAndBadInputs() throws {
+    let unsupported = try distill(["run", model("attributes_custom_op"), "--input", "x=/nonexistent.npy"])
+    XCTAssertEqual(unsupported.status, 1)
+    XCTAssertTrue(unsupported.stderr.contains("com.example::MyOp (opset 1)"), unsupported.stderr)
+    let missing = try distill(["run", model("tiny_fpn")])
+    XCTAssertNotEqual(missing.status, 0)
+    XCTAssertTrue(missing.stderr.contains("no value for input(s) images"), missing.stderr)
+  }
+
+  func testBenchEndsWithAJSONLine() throws {
+    let result = try distill(["bench", model("tiny_fpn"), "--runs", "2", "--warmup", "1", "--threads", "1"])
+    XCTAssertEqual(result.status, 0, result.stderr)
+    let last = try XCTUnwrap(result.stdout.split(separator: "\n").last)
+    let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])
+    XCTAssertGreaterThan(object["forward_ms_median"] as? Double ?? 0, 0)
+    XCTAssertGreaterThan(object["peak_rss_mb"] as? Double ?? 0, 0)
+    XCTAssertEqual(object["runs"] as? Int, 2)
+    XCTAssertTrue(result.stderr.contains("run 2/2"), result.stderr)
+    let symbolic = try distill(["bench", model("symbolic_dims")])
+    XCTAssertNotEqual(symbolic.status, 0)
+    XCTAssertTrue(symbolic.stderr.contains("symbolic dims"), symbolic.stderr)
   }
 }
