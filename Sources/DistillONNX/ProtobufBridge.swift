@@ -181,7 +181,7 @@ enum ProtobufBridge {
     }
 
     func readAttribute(_ a: Onnx__AttributeProto) throws -> Attribute {
-      let declared = a.has_type != 0 ? Int32(a.type.rawValue) : inferredAttributeType(a)
+      let declared = a.has_type != 0 ? Int32(bitPattern: a.type.rawValue) : inferredAttributeType(a)
       let value: AttributeValue
       switch declared {
       case 1: value = .float(a.f)
@@ -289,6 +289,10 @@ enum ProtobufBridge {
         return tensor
       }
       if t.has_raw_data != 0 {
+        if type == .string || type == .undefined {
+          throw ONNXError.invalidTensor(
+            file: file, tensor: label, problem: "raw_data cannot hold \(type) elements (the spec forbids it); use string_data")
+        }
         if type.byteSize != nil && Int64(t.raw_data.len) != size.bytes {
           throw ONNXError.invalidTensor(
             file: file, tensor: label,

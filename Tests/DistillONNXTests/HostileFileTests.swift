@@ -66,4 +66,14 @@ final class HostileFileTests: XCTestCase {
     }
     XCTAssertNoThrow(try ModelFile.decode(bytes))
   }
+
+  /// Found by the fuzzer: an attribute whose type is a negative enum value decodes as undefined
+  /// instead of trapping, and the model round-trips.
+  func testNegativeAttributeTypeDecodesAsUndefined() throws {
+    let path = fixtures.appendingPathComponent("fuzz/attribute_type_negative.onnx").path
+    let model = try ModelFile.read(path)
+    let attribute = try XCTUnwrap(model.graph?.nodes.first?.attributes.first)
+    XCTAssertEqual(attribute.value.typeCode, 0)
+    XCTAssertNoThrow(try ModelFile.decode(ModelFile.encode(model)))
+  }
 }
