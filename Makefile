@@ -9,7 +9,7 @@ SWIFT ?= swift
 DISTILL_DEBUG := .build/debug/distill
 DISTILL := .build/release/distill
 
-.PHONY: all deps python-deps build release test demo fuzz fixtures detectors clean
+.PHONY: all deps python-deps build release test demo bench fuzz fixtures clean
 
 all: build
 
@@ -49,9 +49,19 @@ test: deps python-deps
 
 demo: release
 	$(DISTILL) inspect models/tiny_fpn.onnx
+	$(DISTILL) run models/tiny_fpn.onnx --input images=models/demo.jpg --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \
+	  --tap fpn/p3_out --tap fpn/p4_out --tap fpn/p5_out
+	$(DISTILL) bench models/tiny_fpn.onnx --input images=8x3x64x64 --runs 5
 	@mkdir -p .build/demo
 	$(DISTILL) export models/tiny_fpn.onnx --out .build/demo/tiny_fpn.onnx
 	@cmp models/tiny_fpn.onnx .build/demo/tiny_fpn.onnx && echo "demo: the exported model is byte-identical to models/tiny_fpn.onnx"
+
+# Side-by-side speed against onnxruntime on torchvision's RetinaNet ResNet-50-FPN (backbone and head)
+# at batch 8, 320x320 (needs PyTorch for the export).
+bench: release python-deps
+	python3 tools/export_bench_model.py .build-fixtures/bench
+	python3 tools/bench_ort.py .build-fixtures/bench/retinanet_r50_fpn_core.onnx --input images=8x3x320x320 \
+	  --runs 5 --threads 2 --distill $(DISTILL)
 
 # Bounded libFuzzer run over the import path (SECONDS=60 by default).
 fuzz: deps
