@@ -31,6 +31,7 @@ let package = Package(
     .testTarget(name: "CLITests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "ConformanceTests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "RuntimeTests", dependencies: ["DistillCore", "DistillONNX"]),
+    .testTarget(name: "GradientTests", dependencies: ["DistillCore"]),
   ],
   // Numeric kernels share raw buffers across DispatchQueue.concurrentPerform iterations by design;
   // Swift 6's strict Sendable checking would demand wrappers around every such loop.

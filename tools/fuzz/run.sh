@@ -147,7 +147,6 @@ new=()
 while IFS= read -r file; do new+=("$file"); done < <(find "$out/artifacts" -maxdepth 1 -type f -newer "$marker" \
   \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | sort)
 rm -f "$marker"
-for file in "${new[@]}"; do cp "$file" "$findings/"; done
 
 fstat() { sed -n "s/^stat::$1: *//p" "$log" | tail -n 1; }
 field() { sed -n "s|.* $1: *\([0-9][0-9]*\).*|\1|p" <<<"$last"; }
@@ -169,12 +168,29 @@ if [ "$status" -ne 0 ] || [ ${#new[@]} -gt 0 ]; then
   if [ ${#new[@]} -eq 0 ]; then
     awk '/^(==[0-9]+==|.*Fatal error:|SUMMARY:)|deadly signal|ERROR: libFuzzer/ {on=1} on' "$log" | head -n 60 >&2
   fi
-  # Replay each reproducer for its report (with -fork the inner reports are not in the log).
+  # Replay each reproducer for its report (with -fork the inner reports are not in the log) and
+  # keep one per distinct report (message with names and numbers blanked, plus the top frame of ours).
+  seen=()
+  distinct=0
   for file in "${new[@]}"; do
+    report=$("$binary" -timeout=10 -rss_limit_mb=4096 "$file" 2>&1 \
+      | grep -E 'Fatal error|ERROR: |SUMMARY: |^ *#[0-9]+ .*(/Sources/|/proto/|FuzzImport)' | head -n 25)
+    signature=$( { grep -E 'Fatal error|ERROR: |SUMMARY: ' <<<"$report" | grep -v 'deadly signal' | head -n 2
+      grep -m 1 -E '^ *#[0-9]+ ' <<<"$report" | sed 's/.* in //'; } \
+      | sed -E "s/'[^']*'/''/g; s/\[[^]]*\]/[]/g; s/[0-9]+/N/g; s/0xN[a-f0-9]*/0x/g")
+    duplicate=0
+    for earlier in "${seen[@]}"; do [ "$earlier" = "$signature" ] && duplicate=1; done
+    if [ "$duplicate" = 1 ]; then
+      echo "fuzz: $(basename "$file") repeats an earlier report; left in .build-fuzz/artifacts/" >&2
+      continue
+    fi
+    seen+=("$signature")
+    distinct=$((distinct + 1))
+    cp "$file" "$findings/"
     echo "fuzz: reproducer kept as tools/fuzz/findings/$(basename "$file"); replayed:" >&2
-    "$binary" -timeout=10 -rss_limit_mb=4096 "$file" 2>&1 \
-      | grep -E 'Fatal error|ERROR: |SUMMARY: |^ *#[0-9]+ .*(/Sources/|/proto/|FuzzImport)' | head -n 25 | sed 's/^/    /' >&2
+    sed 's/^/    /' <<<"$report" >&2
   done
+  [ ${#new[@]} -gt 0 ] && crashes="$crashes ($distinct distinct)"
 fi
 
 echo "fuzz: ${elapsed}s, ${execs:-?} execs (${rate:-?}/s), cov: ${cov:-?} edges, ft: ${ft:-?}, corpus: ${corp:-?}," \

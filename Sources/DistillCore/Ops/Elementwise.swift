@@ -453,3 +453,191 @@ struct Dropout: Operator {
     return [x, Tensor(shape: x.shape, ints: [Int64](repeating: 1, count: x.count), dtype: .bool)]
   }
 }
+
+// MARK: - Gradients
+
+extension Unary: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, !["IsNaN", "IsInf", "Not"].contains(op) else { return [nil] }
+    let y = outputs[0]
+    let derivative = self.derivative()
+    var dx = dy
+    dx.dtype = x.dtype
+    x.floats.withUnsafeBufferPointer { px in
+      y.floats.withUnsafeBufferPointer { py in
+        dx.floats.withUnsafeMutableBufferPointer { pd in
+          for index in pd.indices { pd[index] *= derivative(px[index], py[index]) }
+        }
+      }
+    }
+    return [dx]
+  }
+
+  /// d f(x) / dx from x and y = f(x).
+  func derivative() -> (Float, Float) -> Float {
+    let alpha = alpha, beta = beta, gamma = gamma
+    switch op {
+    case "Abs": return { x, _ in x > 0 ? 1 : (x < 0 ? -1 : 0) }
+    case "Acos": return { x, _ in -1 / (1 - x * x).squareRoot() }
+    case "Acosh": return { x, _ in 1 / (x * x - 1).squareRoot() }
+    case "Asin": return { x, _ in 1 / (1 - x * x).squareRoot() }
+    case "Asinh": return { x, _ in 1 / (x * x + 1).squareRoot() }
+    case "Atan": return { x, _ in 1 / (1 + x * x) }
+    case "Atanh": return { x, _ in 1 / (1 - x * x) }
+    case "Ceil", "Floor", "Round", "Sign": return { _, _ in 0 }
+    case "Celu": return { x, _ in x > 0 ? 1 : exp(x / alpha) }
+    case "Cos": return { x, _ in -sin(x) }
+    case "Cosh": return { x, _ in sinh(x) }
+    case "Elu": return { x, y in x >= 0 ? 1 : y + alpha }
+    case "Erf": return { x, _ in 2 / Float.pi.squareRoot() * exp(-x * x) }
+    case "Exp": return { _, y in y }
+    case "HardSigmoid": return { x, _ in
+        let z = alpha * x + beta
+        return z > 0 && z < 1 ? alpha : 0
+      }
+    case "HardSwish": return { x, _ in x < -3 ? 0 : (x > 3 ? 1 : (2 * x + 3) / 6) }
+    case "LeakyRelu": return { x, _ in x >= 0 ? 1 : alpha }
+    case "Log": return { x, _ in 1 / x }
+    case "Mish": return { x, _ in
+        let t = tanh(Unary.softplus(x))
+        return t + x * (1 - t * t) * Unary.sigmoid(x)
+      }
+    case "Neg": return { _, _ in -1 }
+    case "Reciprocal": return { _, y in -y * y }
+    case "Relu": return { x, _ in x > 0 ? 1 : 0 }
+    case "Selu": return { x, _ in x > 0 ? gamma : gamma * alpha * exp(x) }
+    case "Shrink": return { x, _ in x < -gamma || x > gamma ? 1 : 0 }
+    case "Sigmoid": return { _, y in y * (1 - y) }
+    case "Sin": return { x, _ in cos(x) }
+    case "Sinh": return { x, _ in cosh(x) }
+    case "Softplus": return { x, _ in Unary.sigmoid(x) }
+    case "Softsign": return { x, _ in 1 / ((1 + abs(x)) * (1 + abs(x))) }
+    case "Sqrt": return { _, y in 0.5 / y }
+    case "Tan": return { _, y in 1 + y * y }
+    case "Tanh": return { _, y in 1 - y * y }
+    case "ThresholdedRelu": return { x, _ in x > alpha ? 1 : 0 }
+    default: return { _, _ in 1 }
+    }
+  }
+}
+
+extension Binary: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let a = inputs[0], let b = inputs[1], outputs[0].isFloat else { return [nil, nil] }
+    let shape = dy.shape
+    let x = Broadcast.expand(a.asFloats, a.shape, to: shape), y = Broadcast.expand(b.asFloats, b.shape, to: shape)
+    let g = dy.floats
+    func tensor(_ values: [Float], like input: Tensor) -> Tensor? {
+      input.isFloat ? Tensor(shape: shape, floats: values, dtype: input.dtype) : nil
+    }
+    let count = g.count
+    switch op {
+    case "Add": return [tensor(g, like: a), tensor(g, like: b)]
+    case "Sub": return [tensor(g, like: a), tensor(g.map { -$0 }, like: b)]
+    case "Mul": return [tensor((0..<count).map { g[$0] * y[$0] }, like: a), tensor((0..<count).map { g[$0] * x[$0] }, like: b)]
+    case "Div":
+      return [
+        tensor((0..<count).map { g[$0] / y[$0] }, like: a), tensor((0..<count).map { -g[$0] * x[$0] / (y[$0] * y[$0]) }, like: b),
+      ]
+    case "Pow":
+      let out = outputs[0].floats
+      return [
+        tensor((0..<count).map { g[$0] * y[$0] * Binary.power(x[$0], y[$0] - 1) }, like: a),
+        tensor((0..<count).map { x[$0] > 0 ? g[$0] * log(x[$0]) * out[$0] : 0 }, like: b),
+      ]
+    case "PRelu":
+      return [
+        tensor((0..<count).map { x[$0] < 0 ? g[$0] * y[$0] : g[$0] }, like: a),
+        tensor((0..<count).map { x[$0] < 0 ? g[$0] * x[$0] : 0 }, like: b),
+      ]
+    case "Mod":
+      let quotient: (Float) -> Float = fmod ? { $0.rounded(.towardZero) } : { $0.rounded(.down) }
+      return [tensor(g, like: a), tensor((0..<count).map { -g[$0] * quotient(x[$0] / y[$0]) }, like: b)]
+    default:
+      return [nil, nil]
+    }
+  }
+}
+
+extension Variadic: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], outputs[0].isFloat else { return inputs.map { _ in nil } }
+    let present = Float(inputs.compactMap { $0 }.count)
+    var claimed = [Bool](repeating: false, count: dy.count)
+    return inputs.map { input -> Tensor? in
+      guard let input else { return nil }
+      switch op {
+      case "Sum": return dy
+      case "Mean": return Tensor(shape: dy.shape, floats: dy.floats.map { $0 / present }, dtype: dy.dtype)
+      default:
+        // Max/Min: the first input that attains the result takes the gradient.
+        let values = Broadcast.expand(input.floats, input.shape, to: dy.shape)
+        let result = outputs[0].floats
+        var gradient = [Float](repeating: 0, count: dy.count)
+        for index in gradient.indices where !claimed[index] && values[index] == result[index] {
+          gradient[index] = dy.floats[index]
+          claimed[index] = true
+        }
+        return Tensor(shape: dy.shape, floats: gradient, dtype: dy.dtype)
+      }
+    }
+  }
+}
+
+extension Where: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let condition = inputs[0], outputs[0].isFloat else { return [nil, nil, nil] }
+    let mask = Broadcast.expand(condition.ints, condition.shape, to: dy.shape)
+    let toX = zip(dy.floats, mask).map { $1 != 0 ? $0 : 0 }
+    let toY = zip(dy.floats, mask).map { $1 != 0 ? 0 : $0 }
+    return [nil, Tensor(shape: dy.shape, floats: toX, dtype: dy.dtype), Tensor(shape: dy.shape, floats: toY, dtype: dy.dtype)]
+  }
+}
+
+extension Clip: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat else { return inputs.map { _ in nil } }
+    let low = minimum ?? (inputs.count > 1 ? inputs[1]?.asFloats.first : nil) ?? -.infinity
+    let high = maximum ?? (inputs.count > 2 ? inputs[2]?.asFloats.first : nil) ?? .infinity
+    let dx = zip(dy.floats, x.floats).map { g, v in v >= low && v <= high ? g : 0 }
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype)] + inputs.dropFirst().map { _ in nil }
+  }
+}
+
+extension Cast: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, dy.isFloat else { return inputs.map { _ in nil } }
+    var dx = dy
+    dx.dtype = x.dtype
+    return [dx.normalized()] + inputs.dropFirst().map { _ in nil }
+  }
+}
+
+extension Identity: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    [inputs[0]?.isFloat == true ? outputGradients[0] : nil]
+  }
+}
+
+extension Dropout: DifferentiableOperator {
+  /// Inference-mode dropout (the only mode `forward` runs) passes gradients through unchanged.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    [outputGradients[0]] + inputs.dropFirst().map { _ in nil }
+  }
+}

@@ -27,15 +27,33 @@ public final class Interpreter: @unchecked Sendable {
 
   /// Values fused away (see `Fusion`), which `run` cannot tap.
   private var fusedAway: Set<String> = []
+  /// Constant-node outputs turned into initializers by `promoteConstants`.
+  public private(set) var promotedConstants: Set<String> = []
 
   /// Prepares `graph`; `opsets` maps each domain to the model's opset version for it. With
   /// `fuse`, convolutions absorb following residual Adds and activations, except where that would
   /// hide a value named in `keep` (the taps a caller will ask for).
+  ///
+  /// With `promoteConstants`, float tensors of Constant nodes become initializers (so they are
+  /// parameters that training can update; `promotedConstants` names them).
   public init(
     graph original: Graph, opsets: [String: Int], registry: OperatorRegistry = .standard, fuse: Bool = true,
-    keep: Set<String> = []
+    keep: Set<String> = [], promoteConstants: Bool = false
   ) throws {
-    let graph = fuse ? Fusion.fuse(original, keep: keep) : original
+    var graph = fuse ? Fusion.fuse(original, keep: keep) : original
+    if promoteConstants {
+      var promoted: [TensorValue] = []
+      graph.nodes.removeAll { node in
+        guard node.opType == "Constant", Graph.canonicalDomain(node.domain).isEmpty, node.outputs.count == 1,
+          case .tensor(var tensor)? = node.attribute("value")?.value, tensor.dataType.isFloatingPoint
+        else { return false }
+        tensor.name = node.outputs[0]
+        promoted.append(tensor)
+        return true
+      }
+      graph.initializers += promoted
+      promotedConstants = Set(promoted.compactMap(\.name))
+    }
     self.graph = graph
     if fuse {
       let before = Set(original.nodes.flatMap(\.outputs)), after = Set(graph.nodes.flatMap(\.outputs))
@@ -96,11 +114,14 @@ public final class Interpreter: @unchecked Sendable {
   }
 
   /// Prepares the main graph of `model`.
-  public convenience init(model: Model, registry: OperatorRegistry = .standard, fuse: Bool = true, keep: Set<String> = []) throws {
+  public convenience init(
+    model: Model, registry: OperatorRegistry = .standard, fuse: Bool = true, keep: Set<String> = [],
+    promoteConstants: Bool = false
+  ) throws {
     guard let graph = model.graph else { throw RuntimeError("the model has no graph") }
     var opsets: [String: Int] = [:]
     for opset in model.opsetImports { opsets[Graph.canonicalDomain(opset.domain ?? "")] = Int(opset.version) }
-    try self.init(graph: graph, opsets: opsets, registry: registry, fuse: fuse, keep: keep)
+    try self.init(graph: graph, opsets: opsets, registry: registry, fuse: fuse, keep: keep, promoteConstants: promoteConstants)
   }
 
   /// The graph inputs a caller must feed (those without an initializer as default).
@@ -111,6 +132,29 @@ public final class Interpreter: @unchecked Sendable {
   public func run(
     _ feeds: [String: Tensor], taps: Set<String> = [], scope: @escaping (String) -> Tensor? = { _ in nil }
   ) throws -> (outputs: [Tensor], taps: [String: Tensor]) {
+    let pass = try forward(feeds, taps: taps, scope: scope, recording: false, training: false)
+    return (pass.outputs, pass.taps)
+  }
+
+  /// Runs the graph and keeps what the backward pass needs: every node's inputs and outputs.
+  /// With `training`, operators behave as in training (BatchNormalization uses batch statistics and
+  /// reports new running statistics in `Tape.stateUpdates`).
+  public func record(
+    _ feeds: [String: Tensor], training: Bool = true, scope: @escaping (String) -> Tensor? = { _ in nil }
+  ) throws -> Tape {
+    let pass = try forward(feeds, taps: [], scope: scope, recording: true, training: training)
+    return Tape(interpreter: self, values: pass.values, records: pass.records, outputs: pass.outputs, stateUpdates: pass.state)
+  }
+
+  struct Record {
+    let step: Int
+    let inputs: [Tensor?]
+    let outputs: [Tensor]
+  }
+
+  private func forward(
+    _ feeds: [String: Tensor], taps: Set<String>, scope: @escaping (String) -> Tensor?, recording: Bool, training: Bool
+  ) throws -> (outputs: [Tensor], taps: [String: Tensor], values: [Tensor?], records: [Record], state: [String: Tensor]) {
     var values = [Tensor?](repeating: nil, count: names.count)
     for (slot, tensor) in constants { values[slot] = tensor }
     for (info, slot, hasDefault) in inputSlots {
@@ -137,12 +181,16 @@ public final class Interpreter: @unchecked Sendable {
       throw RuntimeError("no value named '\(name)' to tap; `distill inspect` lists the node outputs")
     }
     var tapped: [String: Tensor] = [:]
+    var records: [Record] = []
+    var state: [String: Tensor] = [:]
     let budget = memoryBudget
-    for step in steps {
-      let context = ExecutionContext(label: step.node.label, memoryBudget: budget) { name in
+    for (index, step) in steps.enumerated() {
+      var context = ExecutionContext(label: step.node.label, memoryBudget: budget) { name in
         if let slot = self.slotOf[name], let value = values[slot] { return value }
         return scope(name)
       }
+      context.training = training
+      context.updateState = { name, value in state[name] = value }
       let inputs = step.inputs.map { $0.flatMap { values[$0] } }
       let start = profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
       let results = try step.op.forward(inputs, context)
@@ -157,14 +205,43 @@ public final class Interpreter: @unchecked Sendable {
         values[slot] = results[index]
         if tapSlots.contains(slot) { tapped[names[slot]] = results[index] }
       }
-      for slot in step.releases where !tapSlots.contains(slot) { values[slot] = nil }
+      if recording {
+        records.append(Record(step: index, inputs: inputs, outputs: results))
+      } else {
+        for slot in step.releases where !tapSlots.contains(slot) { values[slot] = nil }
+      }
     }
     for name in taps { if let slot = slotOf[name], let value = values[slot] { tapped[name] = value } }
     let outputs = try outputSlots.enumerated().map { index, slot -> Tensor in
       guard let value = values[slot] else { throw RuntimeError("graph output '\(graph.outputs[index].name)' was not computed") }
       return value
     }
-    return (outputs, tapped)
+    return (outputs, tapped, values, records, state)
+  }
+
+  /// The float initializers: the values training can update.
+  public var parameterNames: [String] {
+    graph.initializers.filter { $0.dataType.isFloatingPoint }.compactMap(\.name)
+  }
+
+  /// The current value of an initializer.
+  public func parameter(_ name: String) -> Tensor? { slotOf[name].flatMap { constants[$0] } }
+
+  /// Replaces the value of an initializer (same shape and dtype).
+  public func setParameter(_ name: String, _ value: Tensor) throws {
+    guard let slot = slotOf[name], let current = constants[slot] else {
+      throw RuntimeError("no initializer named '\(name)'")
+    }
+    guard current.shape == value.shape, current.dtype == value.dtype else {
+      throw RuntimeError("parameter '\(name)' is \(current.dtype) \(current.shapeDescription); got \(value.dtype) \(value.shapeDescription)")
+    }
+    constants[slot] = value
+  }
+
+  func slot(named name: String) -> Int? { slotOf[name] }
+  func name(ofSlot slot: Int) -> String { names[slot] }
+  func stepInfo(_ index: Int) -> (node: Node, op: any Operator, inputs: [Int?], outputs: [Int?]) {
+    (steps[index].node, steps[index].op, steps[index].inputs, steps[index].outputs)
   }
 
   private func check(_ tensor: Tensor, against info: ValueInfo) throws {

@@ -26,6 +26,11 @@ public struct ExecutionContext {
   public let memoryBudget: Int
   /// Values of enclosing graphs, for subgraphs that read them.
   public let scope: (String) -> Tensor?
+  /// Training behaviour (batch statistics in BatchNormalization) instead of inference.
+  public var training: Bool = false
+  /// Receives new values of state the graph keeps in initializers (BatchNormalization running
+  /// statistics in training), by value name.
+  public var updateState: (String, Tensor) -> Void = { _, _ in }
 
   public func error(_ message: String) -> RuntimeError { RuntimeError("\(label): \(message)") }
 

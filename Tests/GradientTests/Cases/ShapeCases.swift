@@ -1,0 +1,4 @@
+import DistillCore
+
+/// Finite-difference cases for Sources/DistillCore/Ops/Shape.swift.
+let shapeCases: [GradientCase] = []
