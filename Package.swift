@@ -23,15 +23,17 @@ let package = Package(
     .target(name: "DistillONNX", dependencies: ["DistillCore", "COnnx"], swiftSettings: optimize),
     .target(name: "CImage", path: "Sources/CImage", linkerSettings: [.linkedLibrary("png"), .linkedLibrary("jpeg")]),
     .target(name: "DistillDetection", dependencies: ["DistillCore", "CImage"], swiftSettings: optimize),
+    .target(name: "DistillTrain", dependencies: ["DistillCore", "DistillONNX", "DistillDetection"], swiftSettings: optimize),
     .executableTarget(
       name: "distill",
-      dependencies: ["DistillCore", "DistillONNX", "DistillDetection", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["DistillCore", "DistillONNX", "DistillDetection", "DistillTrain", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: optimize),
     .testTarget(name: "DistillONNXTests", dependencies: ["DistillONNX", "DistillCore"]),
     .testTarget(name: "CLITests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "ConformanceTests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "RuntimeTests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "GradientTests", dependencies: ["DistillCore"]),
+    .testTarget(name: "DistillTrainTests", dependencies: ["DistillTrain", "DistillCore", "DistillONNX"]),
   ],
   // Numeric kernels share raw buffers across DispatchQueue.concurrentPerform iterations by design;
   // Swift 6's strict Sendable checking would demand wrappers around every such loop.

@@ -83,9 +83,11 @@ public final class Interpreter: @unchecked Sendable {
         unsupported.append("\(domain.isEmpty ? "ai.onnx" : domain)::\(node.opType) (opset \(opset)) at \(node.label)")
         continue
       }
-      let setup = OperatorSetup(opset: opset, label: node.label) { subgraph in
+      var setup = OperatorSetup(opset: opset, label: node.label) { subgraph in
         try Interpreter(graph: subgraph, opsets: opsets, registry: registry, fuse: fuse)
       }
+      setup.graph = graph
+      setup.opsets = opsets
       let op = try type.init(node, setup)
       var reads = node.inputs.filter { !$0.isEmpty }
       for subgraph in node.subgraphs { reads.append(contentsOf: subgraph.outerReferences.sorted()) }

@@ -10,6 +10,10 @@ public protocol Operator: Sendable {
 public struct OperatorSetup {
   /// The opset version of the node's domain.
   public let opset: Int
+  /// The graph the node belongs to and the opset version of each domain (for ops that build
+  /// interpreters over parts of their graph, like `Gradient`).
+  public var graph = Graph()
+  public var opsets: [String: Int] = [:]
   public let label: String
   /// Prepares a subgraph (If branches, Loop bodies) for running inside this graph.
   public let compile: (Graph) throws -> Interpreter

@@ -18,5 +18,6 @@ public struct OperatorRegistry: Sendable {
   public static let standard = OperatorRegistry(
     (elementwiseOperators + shapeOperators + reductionOperators + convolutionOperators + poolingOperators
       + normalizationOperators + indexingOperators + resizeOperators + detectionOperators + controlFlowOperators)
-      .map { (domain: "", op: $0.0, type: $0.1) })
+      .map { (domain: "", op: $0.0, type: $0.1) }
+      + trainingOperators.map { (domain: "ai.onnx.preview.training", op: $0.0, type: $0.1) })
 }
