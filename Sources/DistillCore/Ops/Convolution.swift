@@ -325,20 +325,9 @@ struct ConvTranspose: Operator {
     outputShape = node.intsAttribute("output_shape")
   }
 
-  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
-    let x = try context.input(inputs, 0, "X"), w = try context.input(inputs, 1, "W")
-    let bias = inputs.count > 2 ? inputs[2] : nil
-    guard x.isFloat, w.isFloat else { throw context.error("inputs X and W must be floating point") }
-    guard x.rank >= 3, w.rank == x.rank else {
-      throw context.error("input X \(x.shapeDescription) and W \(w.shapeDescription) need the same rank, at least 3")
-    }
+  /// Kernel geometry in forward terms: `input` is X's spatial size, `output` the result's.
+  func geometry(_ x: Tensor, _ w: Tensor, _ context: ExecutionContext) throws -> ConvGeometry {
     let rank = x.rank - 2
-    let group = attributes.group
-    let (batch, channels) = (x.shape[0], x.shape[1])
-    guard w.shape[0] == channels, channels % group == 0 else {
-      throw context.error("input W \(w.shapeDescription) does not fit X \(x.shapeDescription) with group \(group)")
-    }
-    let filters = w.shape[1] * group
     let kernel = try attributes.resolved("kernel_shape", attributes.kernelShape ?? Array(w.shape.dropFirst(2)), count: rank, default: 0, context)
     guard kernel == Array(w.shape.dropFirst(2)) else {
       throw context.error("kernel_shape \(kernel) does not match input W \(w.shapeDescription)")
@@ -371,9 +360,26 @@ struct ConvTranspose: Operator {
       }
       guard output[axis] > 0 else { throw context.error("output size along axis \(axis + 2) is \(output[axis])") }
     }
+    return ConvGeometry(kernel: kernel, strides: strides, dilations: dilations, pads: pads, input: input, output: output)
+  }
+
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
+    let x = try context.input(inputs, 0, "X"), w = try context.input(inputs, 1, "W")
+    let bias = inputs.count > 2 ? inputs[2] : nil
+    guard x.isFloat, w.isFloat else { throw context.error("inputs X and W must be floating point") }
+    guard x.rank >= 3, w.rank == x.rank else {
+      throw context.error("input X \(x.shapeDescription) and W \(w.shapeDescription) need the same rank, at least 3")
+    }
+    let group = attributes.group
+    let (batch, channels) = (x.shape[0], x.shape[1])
+    guard w.shape[0] == channels, channels % group == 0 else {
+      throw context.error("input W \(w.shapeDescription) does not fit X \(x.shapeDescription) with group \(group)")
+    }
+    let filters = w.shape[1] * group
+    let g = try geometry(x, w, context)
+    let output = g.output
     let shape = [batch, filters] + output
     try context.checkAllocation(shape)
-    let g = ConvGeometry(kernel: kernel, strides: strides, dilations: dilations, pads: pads, input: input, output: output)
     var y = [Float](repeating: 0, count: shape.reduce(1, *))
     let groupChannels = channels / group, groupFilters = filters / group
     let rows = groupFilters * g.kernelSize, columns = g.inputSize
@@ -539,5 +545,323 @@ struct MatMul: Operator {
     if a.rank == 1 { shape.remove(at: shape.count - 2) }
     if b.rank == 1 { shape.removeLast() }
     return [Tensor(shape: shape, floats: y, dtype: a.dtype).normalized()]
+  }
+}
+
+// MARK: - Gradients
+
+extension ConvGeometry {
+  /// The same kernel walked the other way: its output positions index `col` columns and its
+  /// input positions are where col2im writes (the adjoint of im2col with `self`).
+  var transposed: ConvGeometry {
+    ConvGeometry(kernel: kernel, strides: strides, dilations: dilations, pads: pads, input: output, output: input)
+  }
+}
+
+extension Conv: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], let w = inputs[1] else { return inputs.map { _ in nil } }
+    guard activation == .none && !residual else {
+      throw context.error("a fused convolution cannot be differentiated; prepare the interpreter with fuse: false")
+    }
+    let g = try geometry(x, w, context)
+    let group = attributes.group
+    let (batch, channels, filters) = (x.shape[0], x.shape[1], w.shape[0])
+    let groupChannels = channels / group, groupFilters = filters / group
+    let rows = groupChannels * g.kernelSize, columns = g.outputSize
+    var dx = [Float](repeating: 0, count: x.count)
+    var dw = [Float](repeating: 0, count: w.count)
+    let depthwise = group == channels && w.shape[1] == 1 && g.spatialRank == 2
+    x.floats.withUnsafeBufferPointer { px in
+      w.floats.withUnsafeBufferPointer { pw in
+        dy.floats.withUnsafeBufferPointer { pdy in
+          dx.withUnsafeMutableBufferPointer { pdx in
+            dw.withUnsafeMutableBufferPointer { pdw in
+              if depthwise {
+                Conv.depthwise2DBackward(
+                  px.baseAddress!, pw.baseAddress!, pdy.baseAddress!, pdx.baseAddress!, pdw.baseAddress!, batch: batch,
+                  channels: channels, filters: filters, g)
+                return
+              }
+              let col = UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
+              defer { col.deallocate() }
+              for n in 0..<batch {
+                for k in 0..<group {
+                  let image = px.baseAddress! + (n * channels + k * groupChannels) * g.inputSize
+                  let gradient = pdy.baseAddress! + (n * filters + k * groupFilters) * columns
+                  let weights = pw.baseAddress! + k * groupFilters * rows
+                  // dW_g += dY_g x col^T
+                  if g.isPointwise {
+                    BLAS.sgemm(
+                      transposeB: true, m: groupFilters, n: rows, k: columns, a: gradient, lda: columns, b: image, ldb: columns,
+                      beta: 1, c: pdw.baseAddress! + k * groupFilters * rows, ldc: rows)
+                  } else {
+                    Conv.im2col(image, col, channels: groupChannels, g)
+                    BLAS.sgemm(
+                      transposeB: true, m: groupFilters, n: rows, k: columns, a: gradient, lda: columns, b: col, ldb: columns,
+                      beta: 1, c: pdw.baseAddress! + k * groupFilters * rows, ldc: rows)
+                  }
+                  // dX_g += col2im(W_g^T x dY_g)
+                  let target = pdx.baseAddress! + (n * channels + k * groupChannels) * g.inputSize
+                  if g.isPointwise {
+                    BLAS.sgemm(
+                      transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns,
+                      beta: 1, c: target, ldc: columns)
+                  } else {
+                    BLAS.sgemm(
+                      transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns,
+                      c: col, ldc: columns)
+                    Conv.col2im(col, target, channels: groupChannels, g)
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    var gradients: [Tensor?] = [Tensor(shape: x.shape, floats: dx, dtype: x.dtype), Tensor(shape: w.shape, floats: dw, dtype: w.dtype)]
+    if inputs.count > 2, let bias = inputs[2] {
+      gradients.append(Tensor(shape: bias.shape, floats: Conv.sumPlanes(dy.floats, batch: batch, filters: filters, size: columns), dtype: bias.dtype))
+    }
+    return gradients + Array(repeating: nil, count: max(0, inputs.count - gradients.count))
+  }
+
+  /// Per-filter sums of an [N, M, size] gradient (the bias gradient).
+  static func sumPlanes(_ values: [Float], batch: Int, filters: Int, size: Int) -> [Float] {
+    var sums = [Float](repeating: 0, count: filters)
+    values.withUnsafeBufferPointer { p in
+      for n in 0..<batch {
+        for m in 0..<filters {
+          let row = p.baseAddress! + (n * filters + m) * size
+          var total: Float = 0
+          for i in 0..<size { total += row[i] }
+          sums[m] += total
+        }
+      }
+    }
+    return sums
+  }
+
+  /// Adds each row of `col` back onto the image positions its im2col row read from.
+  static func col2im(_ col: UnsafePointer<Float>, _ image: UnsafeMutablePointer<Float>, channels: Int, _ g: ConvGeometry) {
+    guard g.spatialRank == 2 else {
+      ConvTranspose.col2im(col, image, channels: channels, g.transposed)
+      return
+    }
+    let kernelSize = g.kernelSize, columns = g.outputSize
+    let (kh, kw) = (g.kernel[0], g.kernel[1])
+    let (ih, iw) = (g.input[0], g.input[1])
+    let (oh, ow) = (g.output[0], g.output[1])
+    let (sh, sw) = (g.strides[0], g.strides[1])
+    let (dh, dw) = (g.dilations[0], g.dilations[1])
+    let (ph, pw) = (g.pads[0], g.pads[1])
+    // Each channel's rows write only into that channel's plane: channels run in parallel.
+    Parallel.forEach(channels, work: channels * kernelSize * columns) { c in
+      let plane = image + c * ih * iw
+      for kernelIndex in 0..<kernelSize {
+        let i = kernelIndex / kw, j = kernelIndex % kw
+        let source = col + (c * kernelSize + kernelIndex) * columns
+        let offset = j * dw - pw
+        let first = offset >= 0 ? 0 : (-offset + sw - 1) / sw
+        let last = max(first, min(ow, (iw - offset + sw - 1) / sw))
+        for r in 0..<oh {
+          let y = r * sh - ph + i * dh
+          guard y >= 0 && y < ih else { continue }
+          let target = plane + y * iw + offset
+          let line = source + r * ow
+          if sw == 1 {
+            for q in first..<last { target[q] += line[q] }
+          } else {
+            for q in first..<last { target[q * sw] += line[q] }
+          }
+        }
+      }
+    }
+  }
+
+  static func depthwise2DBackward(
+    _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+    _ dw: UnsafeMutablePointer<Float>, batch: Int, channels: Int, filters: Int, _ g: ConvGeometry
+  ) {
+    let multiplier = filters / channels
+    let (kh, kw) = (g.kernel[0], g.kernel[1])
+    let (ih, iw) = (g.input[0], g.input[1])
+    let (oh, ow) = (g.output[0], g.output[1])
+    let (sh, sw) = (g.strides[0], g.strides[1])
+    let (dh, dwStep) = (g.dilations[0], g.dilations[1])
+    let (ph, pw) = (g.pads[0], g.pads[1])
+    // Parallel over input channels: channel c owns dx's plane c and the filters m with m / multiplier == c.
+    Parallel.forEach(channels, work: batch * filters * oh * ow * kh * kw) { c in
+      for n in 0..<batch {
+        let source = x + (n * channels + c) * ih * iw
+        let sourceGradient = dx + (n * channels + c) * ih * iw
+        for m in (c * multiplier)..<((c + 1) * multiplier) {
+          let weights = w + m * kh * kw
+          let weightGradient = dw + m * kh * kw
+          let gradient = dy + (n * filters + m) * oh * ow
+          for i in 0..<kh {
+            for j in 0..<kw {
+              let weight = weights[i * kw + j]
+              let offset = j * dwStep - pw
+              let first = offset >= 0 ? 0 : (-offset + sw - 1) / sw
+              let last = max(first, min(ow, (iw - offset + sw - 1) / sw))
+              var total: Float = 0
+              for r in 0..<oh {
+                let row = r * sh - ph + i * dh
+                guard row >= 0 && row < ih else { continue }
+                let input = source + row * iw + offset
+                let inputGradient = sourceGradient + row * iw + offset
+                let line = gradient + r * ow
+                for q in first..<last {
+                  total += line[q] * input[q * sw]
+                  inputGradient[q * sw] += weight * line[q]
+                }
+              }
+              weightGradient[i * kw + j] += total
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+extension ConvTranspose: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], let w = inputs[1] else { return inputs.map { _ in nil } }
+    let group = attributes.group
+    let (batch, channels) = (x.shape[0], x.shape[1])
+    let filters = w.shape[1] * group
+    let groupChannels = channels / group, groupFilters = filters / group
+    // im2col over dY with the transposed geometry gives, per input position, the output taps it fed.
+    let unfold = try geometry(x, w, context).transposed
+    let rows = groupFilters * unfold.kernelSize, columns = unfold.outputSize
+    var dx = [Float](repeating: 0, count: x.count)
+    var dw = [Float](repeating: 0, count: w.count)
+    var col = [Float](repeating: 0, count: rows * columns)
+    x.floats.withUnsafeBufferPointer { px in
+      w.floats.withUnsafeBufferPointer { pw in
+        dy.floats.withUnsafeBufferPointer { pdy in
+          dx.withUnsafeMutableBufferPointer { pdx in
+            dw.withUnsafeMutableBufferPointer { pdw in
+              col.withUnsafeMutableBufferPointer { pc in
+                for n in 0..<batch {
+                  for k in 0..<group {
+                    Conv.im2col(pdy.baseAddress! + (n * filters + k * groupFilters) * unfold.inputSize, pc.baseAddress!, channels: groupFilters, unfold)
+                    // dX_g [C/g, in] += W_g [C/g, M/g*k] x col [M/g*k, in]
+                    BLAS.sgemm(
+                      m: groupChannels, n: columns, k: rows, a: pw.baseAddress! + k * groupChannels * rows, lda: rows, b: pc.baseAddress!,
+                      ldb: columns, beta: 1, c: pdx.baseAddress! + (n * channels + k * groupChannels) * columns, ldc: columns)
+                    // dW_g [C/g, M/g*k] += X_g [C/g, in] x col^T
+                    BLAS.sgemm(
+                      transposeB: true, m: groupChannels, n: rows, k: columns,
+                      a: px.baseAddress! + (n * channels + k * groupChannels) * columns, lda: columns, b: pc.baseAddress!, ldb: columns,
+                      beta: 1, c: pdw.baseAddress! + k * groupChannels * rows, ldc: rows)
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    var gradients: [Tensor?] = [Tensor(shape: x.shape, floats: dx, dtype: x.dtype), Tensor(shape: w.shape, floats: dw, dtype: w.dtype)]
+    if inputs.count > 2, let bias = inputs[2] {
+      gradients.append(Tensor(shape: bias.shape, floats: Conv.sumPlanes(dy.floats, batch: batch, filters: filters, size: unfold.inputSize), dtype: bias.dtype))
+    }
+    return gradients + Array(repeating: nil, count: max(0, inputs.count - gradients.count))
+  }
+}
+
+extension Gemm: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let a = inputs[0], let b = inputs[1] else { return inputs.map { _ in nil } }
+    let (m, n) = (dy.shape[0], dy.shape[1])
+    let k = transposeA ? a.shape[0] : a.shape[1]
+    var da = [Float](repeating: 0, count: a.count), db = [Float](repeating: 0, count: b.count)
+    a.floats.withUnsafeBufferPointer { pa in
+      b.floats.withUnsafeBufferPointer { pb in
+        dy.floats.withUnsafeBufferPointer { pdy in
+          da.withUnsafeMutableBufferPointer { pda in
+            if transposeA {  // dA [K, M] = alpha op(B) dY^T
+              BLAS.sgemm(
+                transposeA: transposeB, transposeB: true, m: k, n: m, k: n, alpha: alpha, a: pb.baseAddress!, lda: b.shape[1],
+                b: pdy.baseAddress!, ldb: n, c: pda.baseAddress!, ldc: m)
+            } else {  // dA [M, K] = alpha dY op(B)^T
+              BLAS.sgemm(
+                transposeB: !transposeB, m: m, n: k, k: n, alpha: alpha, a: pdy.baseAddress!, lda: n, b: pb.baseAddress!,
+                ldb: b.shape[1], c: pda.baseAddress!, ldc: k)
+            }
+          }
+          db.withUnsafeMutableBufferPointer { pdb in
+            if transposeB {  // dB [N, K] = alpha dY^T op(A)
+              BLAS.sgemm(
+                transposeA: true, transposeB: transposeA, m: n, n: k, k: m, alpha: alpha, a: pdy.baseAddress!, lda: n,
+                b: pa.baseAddress!, ldb: a.shape[1], c: pdb.baseAddress!, ldc: k)
+            } else {  // dB [K, N] = alpha op(A)^T dY
+              BLAS.sgemm(
+                transposeA: !transposeA, m: k, n: n, k: m, alpha: alpha, a: pa.baseAddress!, lda: a.shape[1], b: pdy.baseAddress!,
+                ldb: n, c: pdb.baseAddress!, ldc: n)
+            }
+          }
+        }
+      }
+    }
+    var gradients: [Tensor?] = [Tensor(shape: a.shape, floats: da, dtype: a.dtype), Tensor(shape: b.shape, floats: db, dtype: b.dtype)]
+    if inputs.count > 2, let c = inputs[2], beta != 0 {
+      gradients.append(Tensor(shape: dy.shape, floats: dy.floats.map { $0 * beta }, dtype: c.dtype))
+    } else if inputs.count > 2 {
+      gradients.append(nil)
+    }
+    return gradients
+  }
+}
+
+extension MatMul: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let a = inputs[0], let b = inputs[1], a.isFloat else { return [nil, nil] }
+    let aShape = a.rank == 1 ? [1, a.shape[0]] : a.shape
+    let bShape = b.rank == 1 ? [b.shape[0], 1] : b.shape
+    let (m, k) = (aShape[aShape.count - 2], aShape[aShape.count - 1])
+    let n = bShape[bShape.count - 1]
+    let batchShape = Broadcast.shape([Array(aShape.dropLast(2)), Array(bShape.dropLast(2))])!
+    let batches = batchShape.reduce(1, *)
+    // Expand both operands to the full batch, compute per batch, and let the tape sum back.
+    let ax = Broadcast.expand(a.floats, aShape, to: batchShape + [m, k])
+    let bx = Broadcast.expand(b.floats, bShape, to: batchShape + [k, n])
+    var da = [Float](repeating: 0, count: batches * m * k), db = [Float](repeating: 0, count: batches * k * n)
+    ax.withUnsafeBufferPointer { pa in
+      bx.withUnsafeBufferPointer { pb in
+        dy.floats.withUnsafeBufferPointer { pdy in
+          da.withUnsafeMutableBufferPointer { pda in
+            db.withUnsafeMutableBufferPointer { pdb in
+              for batch in 0..<batches {
+                let g = pdy.baseAddress! + batch * m * n
+                BLAS.sgemm(
+                  transposeB: true, m: m, n: k, k: n, a: g, lda: n, b: pb.baseAddress! + batch * k * n, ldb: n,
+                  c: pda.baseAddress! + batch * m * k, ldc: k)
+                BLAS.sgemm(
+                  transposeA: true, m: k, n: n, k: m, a: pa.baseAddress! + batch * m * k, lda: k, b: g, ldb: n,
+                  c: pdb.baseAddress! + batch * k * n, ldc: n)
+              }
+            }
+          }
+        }
+      }
+    }
+    var gradA = Tensor(shape: batchShape + [m, k], floats: da, dtype: a.dtype).summed(to: aShape)
+    var gradB = Tensor(shape: batchShape + [k, n], floats: db, dtype: b.dtype).summed(to: bShape)
+    gradA.shape = a.shape
+    gradB.shape = b.shape
+    return [gradA, gradB]
   }
 }
