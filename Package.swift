@@ -32,7 +32,7 @@ let package = Package(
     .testTarget(name: "CLITests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "ConformanceTests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "RuntimeTests", dependencies: ["DistillCore", "DistillONNX"]),
-    .testTarget(name: "GradientTests", dependencies: ["DistillCore"]),
+    .testTarget(name: "GradientTests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "DistillTrainTests", dependencies: ["DistillTrain", "DistillCore", "DistillONNX"]),
   ],
   // Numeric kernels share raw buffers across DispatchQueue.concurrentPerform iterations by design;

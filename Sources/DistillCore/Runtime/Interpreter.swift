@@ -145,7 +145,8 @@ public final class Interpreter: @unchecked Sendable {
     _ feeds: [String: Tensor], training: Bool = true, scope: @escaping (String) -> Tensor? = { _ in nil }
   ) throws -> Tape {
     let pass = try forward(feeds, taps: [], scope: scope, recording: true, training: training)
-    return Tape(interpreter: self, values: pass.values, records: pass.records, outputs: pass.outputs, stateUpdates: pass.state)
+    return Tape(
+      interpreter: self, values: pass.values, records: pass.records, outputs: pass.outputs, stateUpdates: pass.state, training: training)
   }
 
   struct Record {

@@ -7,8 +7,14 @@ public final class Tape {
   public let outputs: [Tensor]
   /// New values for state initializers (BatchNormalization running statistics in training).
   public let stateUpdates: [String: Tensor]
+  /// Whether the pass ran with training behaviour; backward passes see the same flag.
+  public let training: Bool
 
-  init(interpreter: Interpreter, values: [Tensor?], records: [Interpreter.Record], outputs: [Tensor], stateUpdates: [String: Tensor]) {
+  init(
+    interpreter: Interpreter, values: [Tensor?], records: [Interpreter.Record], outputs: [Tensor], stateUpdates: [String: Tensor],
+    training: Bool
+  ) {
+    self.training = training
     self.interpreter = interpreter
     self.values = values
     self.records = records
@@ -59,7 +65,7 @@ public final class Tape {
         throw RuntimeError("\(step.node.label) has no gradient, but a gradient must flow through it to input '\(step.node.inputs[wanted[0].offset])'")
       }
       var context = ExecutionContext(label: step.node.label, memoryBudget: interpreter.memoryBudget) { _ in nil }
-      context.training = true
+      context.training = training
       let inputGradients = try op.backward(record.inputs, record.outputs, outputGradients, context)
       for (index, slot) in wanted {
         guard index < inputGradients.count, let gradient = inputGradients[index], let slot, let input = record.inputs[index] else { continue }
