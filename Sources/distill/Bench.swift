@@ -20,6 +20,10 @@ struct Bench: ParsableCommand {
   @Option(name: .long, help: "Threads (default: all cores).") var threads: Int?
   @Flag(name: .long, help: "Print the time spent in each op type (summed over the timed runs) to stderr.")
   var profile = false
+  @Flag(
+    name: .long,
+    help: "Also time training steps: a recorded forward pass (BatchNormalization on batch statistics) and the backward pass to every parameter, unfused.")
+  var train = false
 
   func validate() throws {
     guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
@@ -29,7 +33,8 @@ struct Bench: ParsableCommand {
 
   func run() throws {
     let loaded = try ModelFile.read(model)
-    let interpreter = try Interpreter(model: loaded)
+    // Training runs the unfused graph; time its forward alone on the same graph for the ratio.
+    let interpreter = try Interpreter(model: loaded, fuse: !train, promoteConstants: train)
     let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
     Parallel.threads = threadCount
     BLAS.threads = threadCount
@@ -69,17 +74,40 @@ struct Bench: ParsableCommand {
         FileHandle.standardError.write(Data(String(format: "%-24@ %10.1f ms %5.1f%%\n", op as NSString, ms / Double(runs), ms / total * 100).utf8))
       }
     }
+    func median(_ values: [Double]) -> Double {
+      let sorted = values.sorted()
+      return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    }
+    var trainTimes: [Double] = []
+    if train {
+      let parameters = Set(interpreter.parameterNames)
+      for pass in 0..<runs {
+        let time = try measure {
+          let tape = try interpreter.record(feeds, training: true)
+          var seeds: [String: Tensor] = [:]
+          for (index, output) in tape.outputs.enumerated() where output.isFloat {
+            seeds[interpreter.graph.outputs[index].name] = Tensor(shape: output.shape, floats: [Float](repeating: 1, count: output.count), dtype: output.dtype)
+          }
+          _ = try tape.gradients(seeds: seeds, targets: parameters)
+        }
+        trainTimes.append(time)
+        FileHandle.standardError.write(Data("train step \(pass + 1)/\(runs): \(String(format: "%.1f", time)) ms\n".utf8))
+      }
+    }
     let sorted = times.sorted()
-    let median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
-    let report: [String: Any] = [
+    var report: [String: Any] = [
       "model": model, "runs": runs, "threads": threadCount, "blas_core": BLAS.coreName,
-      "forward_ms_median": (median * 100).rounded() / 100, "forward_ms_min": (sorted[0] * 100).rounded() / 100,
+      "forward_ms_median": (median(times) * 100).rounded() / 100, "forward_ms_min": (sorted[0] * 100).rounded() / 100,
       "forward_ms_mean": (times.reduce(0, +) / Double(times.count) * 100).rounded() / 100,
       "peak_rss_mb": (Double(usage.ru_maxrss) / 1024 * 10).rounded() / 10,
       "inputs": feeds.mapValues { $0.shape },
     ]
+    if train {
+      report["train_step_ms_median"] = (median(trainTimes) * 100).rounded() / 100
+      report["train_to_forward_ratio"] = (median(trainTimes) / median(times) * 1000).rounded() / 1000
+    }
     let json = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys, .withoutEscapingSlashes])
     print(String(decoding: json, as: UTF8.self))
   }
