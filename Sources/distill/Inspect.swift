@@ -108,7 +108,9 @@ struct ModelReport: Encodable {
   }
 
   init(model: Model, path: String, graph: Graph, fixedInputs: [String: [Int]], filter: Regex<AnyRegexOutput>?) {
-    let shapes = ShapeInference.infer(graph, inputShapes: fixedInputs)
+    var opsetVersions: [String: Int] = [:]
+    for opset in model.opsetImports { opsetVersions[Graph.canonicalDomain(opset.domain ?? "")] = Int(opset.version) }
+    let shapes = ShapeInference.infer(graph, inputShapes: fixedInputs, opsets: opsetVersions)
     func value(_ info: ValueInfo) -> Value {
       let inferred = shapes[info.name]
       let type = info.type?.elementType ?? inferred?.type

@@ -25,7 +25,11 @@ public struct StaticValue: Sendable {
 /// cannot work out stay unknown; declared `value_info` fills gaps.
 public enum ShapeInference {
   /// Shapes of every value of `graph`. `inputShapes` fixes graph input dims (for symbolic ones).
-  public static func infer(_ graph: Graph, inputShapes: [String: [Int]] = [:]) -> [String: StaticValue] {
+  ///
+  /// Nodes whose inputs are all small constants (Shape of a known shape, Gather, Cast, Div, Floor,
+  /// Concat...) are evaluated with the interpreter's own operators for the model's `opsets`, so
+  /// sizes computed at run time from the input shape (image transforms, FPN upsampling) are known.
+  public static func infer(_ graph: Graph, inputShapes: [String: [Int]] = [:], opsets: [String: Int] = [:]) -> [String: StaticValue] {
     var known: [String: StaticValue] = [:]
     let declared = graph.inputs + graph.valueInfo + graph.outputs
     for info in declared {
@@ -40,6 +44,10 @@ public enum ShapeInference {
     }
     for node in graph.nodes {
       let inputs = node.inputs.map { $0.isEmpty ? nil : known[$0] }
+      if let folded = fold(node, inputs, opsets: opsets) {
+        for (output, value) in zip(node.outputs, folded) where !output.isEmpty { known[output] = value }
+        continue
+      }
       let results = infer(node, inputs)
       for (index, output) in node.outputs.enumerated() where !output.isEmpty && index < results.count {
         guard let result = results[index] else { continue }
@@ -52,6 +60,33 @@ public enum ShapeInference {
       }
     }
     return known
+  }
+
+  /// Largest tensor (elements) evaluated during inference.
+  static let foldLimit = 64
+
+  /// Runs `node` on its inputs when all are known small constants; nil when it cannot.
+  static func fold(_ node: Node, _ inputs: [StaticValue?], opsets: [String: Int]) -> [StaticValue]? {
+    guard !["If", "Loop", "Scan", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"]
+      .contains(node.opType),
+      let type = OperatorRegistry.standard.lookup(domain: node.domain, op: node.opType)
+    else { return nil }
+    var tensors: [Tensor?] = []
+    for (index, input) in inputs.enumerated() {
+      if node.inputs[index].isEmpty {
+        tensors.append(nil)
+        continue
+      }
+      guard let input, let tensor = input.constantTensor else { return nil }
+      tensors.append(tensor)
+    }
+    let opset = opsets[Graph.canonicalDomain(node.domain)] ?? 17
+    let setup = OperatorSetup(opset: opset, label: node.label) { _ in throw RuntimeError("no subgraphs while folding") }
+    let context = ExecutionContext(label: node.label, memoryBudget: foldLimit * 8) { _ in nil }
+    guard let op = try? type.init(node, setup), let outputs = try? op.forward(tensors, context),
+      outputs.allSatisfy({ $0.count <= foldLimit })
+    else { return nil }
+    return outputs.map { StaticValue(constant: $0) }
   }
 
   private static let sameShape: Set<String> = [
@@ -433,6 +468,22 @@ public enum ShapeInference {
 }
 
 extension StaticValue {
+  /// A fully known small tensor.
+  init(constant tensor: Tensor) {
+    self.init(type: tensor.dtype, dims: tensor.shape, values: tensor.isFloat ? nil : tensor.ints)
+    if tensor.isFloat { floats = tensor.floats }
+  }
+
+  /// The tensor this value is, when its dims and every element are known.
+  var constantTensor: Tensor? {
+    guard let dims, dims.allSatisfy({ $0 != nil }) else { return nil }
+    let shape = dims.map { $0! }
+    let count = shape.reduce(1, *)
+    if type.isFloatingPoint, let floats, floats.count == count { return Tensor(shape: shape, floats: floats, dtype: type) }
+    if !type.isFloatingPoint, let values, values.count == count { return Tensor(shape: shape, ints: values, dtype: type) }
+    return nil
+  }
+
   /// Shape and, for small integer tensors, values of a constant tensor.
   public init(_ tensor: TensorValue) {
     let dims = tensor.dims.map { Int($0) as Int? }

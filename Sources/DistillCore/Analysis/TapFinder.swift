@@ -1,3 +1,5 @@
+import Foundation
+
 /// A value worth distilling at: a feature map that feeds the detection head, or a head output.
 public struct TapSuggestion: Sendable, Equatable {
   public enum Kind: String, Sendable { case feature, headOutput = "head_output" }
@@ -30,11 +32,14 @@ public enum TapFinder {
       guard let dims = shapes[input.name]?.dims, dims.count == 4, let h = dims[2], let w = dims[3] else { return nil }
       return (h, w)
     }.first
+    /// The power of two nearest to input size / feature size (padded or odd inputs round).
     func stride(of name: String) -> Int? {
       guard let (height, width) = imageSize, let dims = shapes[name]?.dims, dims.count == 4,
-        let h = dims[2], let w = dims[3], h > 0, w > 0, height % h == 0, height / h == width / w
+        let h = dims[2], let w = dims[3], h > 0, w > 0
       else { return nil }
-      return height / h
+      let ratio = (Double(height) / Double(h) + Double(width) / Double(w)) / 2
+      guard ratio >= 1 else { return nil }
+      return 1 << Int(log2(ratio).rounded())
     }
     func isFeatureMap(_ name: String) -> Bool { shapes[name]?.rank == 4 && shapes[name]?.type.isFloatingPoint != false }
 

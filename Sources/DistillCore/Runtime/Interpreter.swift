@@ -40,7 +40,9 @@ public final class Interpreter: @unchecked Sendable {
     graph original: Graph, opsets: [String: Int], registry: OperatorRegistry = .standard, fuse: Bool = true,
     keep: Set<String> = [], promoteConstants: Bool = false
   ) throws {
-    var graph = fuse ? Fusion.fuse(original, keep: keep) : original
+    // A Gradient node differentiates parts of this graph: they must stay unfused.
+    let differentiatesItself = original.nodes.contains { $0.opType == "Gradient" && $0.domain == "ai.onnx.preview.training" }
+    var graph = fuse && !differentiatesItself ? Fusion.fuse(original, keep: keep) : original
     if promoteConstants {
       var promoted: [TensorValue] = []
       graph.nodes.removeAll { node in
