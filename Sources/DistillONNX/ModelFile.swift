@@ -178,11 +178,27 @@ public enum ModelFile {
   static func atomicWrite(_ bytes: [UInt8], to url: URL) throws {
     let directory = url.deletingLastPathComponent().path
     let temporary = directory + "/.\(url.lastPathComponent).tmp-\(getpid())"
-    func fail(_ what: String) -> ONNXError {
-      .writeFailed(file: url.path, reason: "\(what): \(String(cString: strerror(errno)))")
+    do {
+      try writeSynced(bytes, to: temporary)
+    } catch {
+      unlink(temporary)
+      throw error
     }
-    let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    guard descriptor >= 0 else { throw fail("cannot create \(temporary)") }
+    guard rename(temporary, url.path) == 0 else {
+      let renameError = ONNXError.writeFailed(file: url.path, reason: "renaming \(temporary): \(String(cString: strerror(errno)))")
+      unlink(temporary)
+      throw renameError
+    }
+    syncDirectory(of: url.path)
+  }
+
+  /// Creates or truncates `path`, writes `bytes` and fsyncs the file.
+  public static func writeSynced(_ bytes: [UInt8], to path: String) throws {
+    func fail(_ what: String) -> ONNXError {
+      .writeFailed(file: path, reason: "\(what): \(String(cString: strerror(errno)))")
+    }
+    let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    guard descriptor >= 0 else { throw fail("cannot create it") }
     var written = 0
     let ok = bytes.withUnsafeBytes { raw -> Bool in
       while written < raw.count {
@@ -192,21 +208,17 @@ public enum ModelFile {
       }
       return fsync(descriptor) == 0
     }
-    let error = fail("writing \(temporary)")
+    let error = fail("writing")
     close(descriptor)
-    guard ok else {
-      unlink(temporary)
-      throw error
-    }
-    guard rename(temporary, url.path) == 0 else {
-      let renameError = fail("renaming \(temporary)")
-      unlink(temporary)
-      throw renameError
-    }
-    let directoryDescriptor = open(directory, O_RDONLY)
-    if directoryDescriptor >= 0 {
-      fsync(directoryDescriptor)
-      close(directoryDescriptor)
+    guard ok else { throw error }
+  }
+
+  /// fsyncs the directory holding `path`, so a rename into it survives a crash.
+  public static func syncDirectory(of path: String) {
+    let descriptor = open(URL(fileURLWithPath: path).deletingLastPathComponent().path, O_RDONLY)
+    if descriptor >= 0 {
+      fsync(descriptor)
+      close(descriptor)
     }
   }
 }

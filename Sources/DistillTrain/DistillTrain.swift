@@ -1,1 +1,0 @@
-// Training: optimizers, schedules, checkpoints and the training loop.
