@@ -6,8 +6,9 @@
 #
 # Builds Sources/DistillCore, Sources/DistillONNX and proto/ as they are right now (globbed at
 # run time) plus tools/fuzz/FuzzImport.swift into .build-fuzz/fuzz-import, seeds a work corpus in
-# .build-fuzz/corpus/ from the test fixtures, runs, and prints one summary line. Crash, timeout,
-# OOM and leak reproducers are copied into tools/fuzz/findings/.
+# .build-fuzz/corpus/ from the test fixtures, runs, and prints one summary line. Each new crash,
+# timeout, OOM or leak is replayed and reported; one reproducer per distinct report is copied into
+# tools/fuzz/findings/ (all of them stay in .build-fuzz/artifacts/).
 #
 # Exit status: 0 no finding, 1 the fuzzer found something, 2 build or usage error.
 # Environment: FUZZ_VERBOSE=1 streams libFuzzer's output; FUZZ_ARGS adds libFuzzer flags;
@@ -178,6 +179,7 @@ if [ "$status" -ne 0 ] || [ ${#new[@]} -gt 0 ]; then
     signature=$( { grep -E 'Fatal error|ERROR: |SUMMARY: ' <<<"$report" | grep -v 'deadly signal' | head -n 2
       grep -m 1 -E '^ *#[0-9]+ ' <<<"$report" | sed 's/.* in //'; } \
       | sed -E "s/'[^']*'/''/g; s/\[[^]]*\]/[]/g; s/[0-9]+/N/g; s/0xN[a-f0-9]*/0x/g")
+    [ -n "$signature" ] || signature="unreproduced $file"  # does not fail on replay: keep it
     duplicate=0
     for earlier in "${seen[@]}"; do [ "$earlier" = "$signature" ] && duplicate=1; done
     if [ "$duplicate" = 1 ]; then
