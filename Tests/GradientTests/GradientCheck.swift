@@ -12,6 +12,9 @@ struct GradientCase {
   var outputCount: Int = 1
   /// Finite-difference step; smaller for ops with kinks close to the sampled values.
   var step: Double = 1e-2
+  /// Runs the node in training behaviour (BatchNormalization with batch statistics) for both the
+  /// analytic and the finite-difference passes; otherwise the differences use inference.
+  var training = false
   var note: String = ""
 }
 
@@ -66,7 +69,7 @@ enum GradientCheck {
     var feeds: [String: Tensor] = [:]
     for (index, tensor) in gradientCase.inputs.enumerated() { if let tensor { feeds[inputNames[index]] = tensor } }
 
-    let tape = try interpreter.record(feeds)
+    let tape = try interpreter.record(feeds, training: gradientCase.training)
     var random = Values(seed: 7)
     let weights = tape.outputs.map { output in output.isFloat ? random.tensor(output.shape) : nil }
     var seeds: [String: Tensor] = [:]
@@ -75,7 +78,7 @@ enum GradientCheck {
     let analytic = try tape.gradients(seeds: seeds, targets: Set(checked.map { inputNames[$0] }))
 
     func loss(_ feeds: [String: Tensor]) throws -> Double {
-      let outputs = try interpreter.run(feeds).outputs
+      let outputs = try gradientCase.training ? interpreter.record(feeds, training: true).outputs : interpreter.run(feeds).outputs
       var total = 0.0
       for (output, weight) in zip(outputs, weights) {
         guard let weight else { continue }

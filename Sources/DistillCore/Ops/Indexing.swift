@@ -494,6 +494,18 @@ struct Einsum: Operator {
 
   func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
     let operands = inputs.compactMap { $0 }
+    let plan = try analyze(operands, context).plan
+    let shape = Array(plan.sizes[..<plan.outputRank])
+    try context.checkAllocation(shape, elementBytes: operands[0].isFloat ? 4 : 8)
+    if operands[0].isFloat {
+      return [Tensor(shape: shape, floats: plan.contract(operands.map(\.floats)), dtype: operands[0].dtype).normalized()]
+    }
+    return [Tensor(shape: shape, ints: plan.contract(operands.map(\.ints)), dtype: operands[0].dtype).normalized()]
+  }
+
+  /// The loop nest of the contraction, and per operand its axes' positions in the nest's labels
+  /// (output labels first, then summed ones).
+  func analyze(_ operands: [Tensor], _ context: ExecutionContext) throws -> (axes: [[Int]], plan: Plan) {
     guard operands.count == terms.count else {
       throw context.error("equation has \(terms.count) operands, the node gives \(operands.count) inputs")
     }
@@ -550,12 +562,7 @@ struct Einsum: Operator {
       }
     }
     let plan = Plan(sizes: labels.map { sizes[$0]! }, outputRank: outputLabels.count, strides: strides)
-    let shape = Array(plan.sizes[..<plan.outputRank])
-    try context.checkAllocation(shape, elementBytes: operands[0].isFloat ? 4 : 8)
-    if operands[0].isFloat {
-      return [Tensor(shape: shape, floats: plan.contract(operands.map(\.floats)), dtype: operands[0].dtype).normalized()]
-    }
-    return [Tensor(shape: shape, ints: plan.contract(operands.map(\.ints)), dtype: operands[0].dtype).normalized()]
+    return (expanded.map { $0.map { labels.firstIndex(of: $0)! } }, plan)
   }
 
   /// The loop nest: output labels first, then summed labels; `strides[operand][label]`.
@@ -750,5 +757,276 @@ private enum Indexing {
     guard work >= 1 << 16, count > 1, threads > 1 else { return body(0..<count) }
     let chunks = min(count, threads * 4)
     Parallel.forEach(chunks, work: work) { chunk in body(count * chunk / chunks..<count * (chunk + 1) / chunks) }
+  }
+}
+
+// MARK: - Gradients
+
+extension Indexing {
+  /// Zeros of `count` with `values[t * slice + j]` added at `offsets[t] + j` (serial: offsets may repeat).
+  static func scatterAdd(_ values: [Float], offsets: [Int], slice: Int, count: Int) -> [Float] {
+    var result = [Float](repeating: 0, count: count)
+    guard slice > 0 else { return result }
+    values.withUnsafeBufferPointer { source in
+      result.withUnsafeMutableBufferPointer { target in
+        for (t, offset) in offsets.enumerated() {
+          let from = source.baseAddress! + t * slice, to = target.baseAddress! + offset
+          for j in 0..<slice { to[j] += from[j] }
+        }
+      }
+    }
+    return result
+  }
+
+  /// `values[offsets[t] + j]` for every t and j below `slice`, in that order.
+  static func gatherSlices(_ values: [Float], offsets: [Int], slice: Int) -> [Float] {
+    var result = [Float](repeating: 0, count: offsets.count * slice)
+    guard slice > 0 else { return result }
+    values.withUnsafeBufferPointer { source in
+      result.withUnsafeMutableBufferPointer { target in
+        for (t, offset) in offsets.enumerated() {
+          let from = source.baseAddress! + offset, to = target.baseAddress! + t * slice
+          for j in 0..<slice { to[j] = from[j] }
+        }
+      }
+    }
+    return result
+  }
+}
+
+extension ScatterReduction {
+  /// Gradients of `apply` with respect to the data and the updates, from the forward's data,
+  /// updates and result and the result's gradient `dy`. Entries that share an offset start the
+  /// same slice (ScatterND slices are aligned, ScatterElements' have one element).
+  func gradients(_ dy: [Float], data: [Float], updates: [Float], result: [Float], offsets: [Int], slice: Int)
+    -> (data: [Float], updates: [Float])
+  {
+    var toData = dy
+    var toUpdates = [Float](repeating: 0, count: updates.count)
+    guard slice > 0, !offsets.isEmpty else { return (toData, toUpdates) }
+    switch self {
+    case .none:
+      // The last write to an element is the one the result holds; the data there gets nothing.
+      var written = [Bool](repeating: false, count: dy.count)
+      for t in offsets.indices.reversed() {
+        for j in 0..<slice where !written[offsets[t] + j] {
+          written[offsets[t] + j] = true
+          toUpdates[t * slice + j] = dy[offsets[t] + j]
+          toData[offsets[t] + j] = 0
+        }
+      }
+    case .add:
+      toUpdates = Indexing.gatherSlices(dy, offsets: offsets, slice: slice)
+    case .mul:
+      // result = data * Π updates at each element: every factor gets dy times the product of the others.
+      var groups: [Int: [Int]] = [:]
+      for (t, offset) in offsets.enumerated() { groups[offset, default: []].append(t) }
+      for (offset, members) in groups {
+        for j in 0..<slice {
+          let position = offset + j
+          var product: Float = 1
+          for t in members { product *= updates[t * slice + j] }
+          toData[position] = dy[position] * product
+          for t in members {
+            var others = data[position]
+            for u in members where u != t { others *= updates[u * slice + j] }
+            toUpdates[t * slice + j] = dy[position] * others
+          }
+        }
+      }
+    case .max, .min:
+      // The data, else the first update, that attains the result takes the gradient.
+      var taken = [Bool](repeating: false, count: dy.count)
+      for offset in offsets {
+        for position in offset..<(offset + slice) {
+          if data[position] == result[position] { taken[position] = true } else { toData[position] = 0 }
+        }
+      }
+      for (t, offset) in offsets.enumerated() {
+        for j in 0..<slice where !taken[offset + j] && updates[t * slice + j] == result[offset + j] {
+          toUpdates[t * slice + j] = dy[offset + j]
+          taken[offset + j] = true
+        }
+      }
+    }
+    return (toData, toUpdates)
+  }
+}
+
+extension Gather: DifferentiableOperator {
+  /// Rows of `dy` added back into the data rows they came from (repeated indices add up).
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let data = inputs[0], data.isFloat, let indices = inputs[1] else { return [nil, nil] }
+    let axis = try Indexing.axis(self.axis, rank: data.rank, "axis", context)
+    let dim = data.shape[axis]
+    let picks = try Indexing.positions(indices, size: dim, "indices", context)
+    let outer = data.shape[..<axis].reduce(1, *), inner = data.shape[(axis + 1)...].reduce(1, *)
+    var dx = [Float](repeating: 0, count: data.count)
+    let count = picks.count
+    if dy.count > 0 {
+      // Tasks own an outer block and a range of columns: no two write one element.
+      let columns = outer >= 4 * Parallel.threads ? 1 : max(1, min(inner / 4096, 4 * Parallel.threads))
+      dy.floats.withUnsafeBufferPointer { source in
+        dx.withUnsafeMutableBufferPointer { target in
+          let src = source.baseAddress!, dst = target.baseAddress!
+          Indexing.parallel(outer * columns, work: dy.count) { range in
+            for task in range {
+              let o = task / columns, part = task % columns
+              let c0 = inner * part / columns, c1 = inner * (part + 1) / columns
+              for r in 0..<count {
+                let from = src + (o * count + r) * inner, to = dst + (o * dim + picks[r]) * inner
+                for c in c0..<c1 { to[c] += from[c] }
+              }
+            }
+          }
+        }
+      }
+    }
+    return [Tensor(shape: data.shape, floats: dx, dtype: data.dtype), nil]
+  }
+}
+
+extension GatherElements: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let data = inputs[0], data.isFloat, let indices = inputs[1] else { return [nil, nil] }
+    let axis = try Indexing.axis(self.axis, rank: data.rank, "axis", context)
+    let picks = try Indexing.positions(indices, size: data.shape[axis], "indices", context)
+    let offsets = Indexing.elementOffsets(indices.shape, data.strides, axis: axis, picks)
+    let dx = Indexing.scatterAdd(dy.floats, offsets: offsets, slice: 1, count: data.count)
+    return [Tensor(shape: data.shape, floats: dx, dtype: data.dtype), nil]
+  }
+}
+
+extension GatherND: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let data = inputs[0], data.isFloat, let indices = inputs[1] else { return [nil, nil] }
+    let plan = try Indexing.NDPlan(data: data, indices: indices, batchDims: batchDims, context)
+    let dx = Indexing.scatterAdd(dy.floats, offsets: plan.offsets, slice: plan.slice, count: data.count)
+    return [Tensor(shape: data.shape, floats: dx, dtype: data.dtype), nil]
+  }
+}
+
+extension ScatterND: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let data = inputs[0], data.isFloat, let indices = inputs[1], let updates = inputs[2] else {
+      return [nil, nil, nil]
+    }
+    let plan = try Indexing.NDPlan(data: data, indices: indices, batchDims: 0, context)
+    let (toData, toUpdates) = reduction.gradients(
+      dy.floats, data: data.floats, updates: updates.floats, result: outputs[0].floats, offsets: plan.offsets, slice: plan.slice)
+    return [
+      Tensor(shape: data.shape, floats: toData, dtype: data.dtype), nil, Tensor(shape: updates.shape, floats: toUpdates, dtype: updates.dtype),
+    ]
+  }
+}
+
+extension ScatterElements: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let data = inputs[0], data.isFloat, let indices = inputs[1], let updates = inputs[2] else {
+      return [nil, nil, nil]
+    }
+    let axis = try Indexing.axis(self.axis, rank: data.rank, "axis", context)
+    let picks = try Indexing.positions(indices, size: data.shape[axis], "indices", context)
+    let offsets = Indexing.elementOffsets(indices.shape, data.strides, axis: axis, picks)
+    let (toData, toUpdates) = reduction.gradients(
+      dy.floats, data: data.floats, updates: updates.floats, result: outputs[0].floats, offsets: offsets, slice: 1)
+    return [
+      Tensor(shape: data.shape, floats: toData, dtype: data.dtype), nil, Tensor(shape: updates.shape, floats: toUpdates, dtype: updates.dtype),
+    ]
+  }
+}
+
+extension CumSum: DifferentiableOperator {
+  /// The running sum of `dy` in the opposite direction, with the same exclusiveness.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, let axisInput = inputs[1] else { return [nil, nil] }
+    guard !axisInput.isFloat, axisInput.count == 1 else { throw context.error("input axis \(axisInput.shapeDescription) is not one integer") }
+    let axis = try Indexing.axis(Int(axisInput.ints[0]), rank: x.rank, "axis", context)
+    let outer = x.shape[..<axis].reduce(1, *), n = x.shape[axis], inner = x.shape[(axis + 1)...].reduce(1, *)
+    var dx = dy.floats
+    CumSum.accumulate(&dx, outer, n, inner, exclusive, !reverse)
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype), nil]
+  }
+}
+
+extension TopK: DifferentiableOperator {
+  /// The Values gradient goes back to the elements picked (the Indices output has none).
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    var result = inputs.map { _ in nil as Tensor? }
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, outputs.count > 1 else { return result }
+    let axis = try Indexing.axis(self.axis, rank: x.rank, "axis", context)
+    let n = x.shape[axis], inner = x.shape[(axis + 1)...].reduce(1, *), k = outputs[1].shape[axis]
+    let picked = outputs[1].ints
+    var offsets = [Int](repeating: 0, count: picked.count)
+    for position in offsets.indices {
+      let o = position / max(k * inner, 1), i = position % inner
+      offsets[position] = (o * n + Int(picked[position])) * inner + i
+    }
+    let dx = Indexing.scatterAdd(dy.floats, offsets: offsets, slice: 1, count: x.count)
+    result[0] = Tensor(shape: x.shape, floats: dx, dtype: x.dtype)
+    return result
+  }
+}
+
+extension Einsum: DifferentiableOperator {
+  /// Operand k's gradient is the contraction of `dy` with the other operands over operand k's
+  /// labels, added back into operand k's layout (repeated labels write its diagonal, size-1 dims
+  /// that broadcast sum up).
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], outputs[0].isFloat else { return inputs.map { _ in nil } }
+    let operands = inputs.compactMap { $0 }
+    let (axes, plan) = try analyze(operands, context)
+    let labelCount = plan.sizes.count
+    let outputStrides = Tensor.strides(of: Array(plan.sizes[..<plan.outputRank]))
+    let dyStrides = (0..<labelCount).map { $0 < plan.outputRank ? outputStrides[$0] : 0 }
+    var operandIndex = 0
+    return inputs.map { input -> Tensor? in
+      guard let input else { return nil }
+      let k = operandIndex
+      operandIndex += 1
+      guard input.isFloat else { return nil }
+      // Loop over operand k's distinct labels (the result), then every other label (summed).
+      var own: [Int] = []
+      for label in axes[k] where !own.contains(label) { own.append(label) }
+      let order = own + (0..<labelCount).filter { !own.contains($0) }
+      var strides = operands.indices.filter { $0 != k }.map { other in order.map { plan.strides[other][$0] } }
+      strides.append(order.map { dyStrides[$0] })
+      let gradientPlan = Plan(sizes: order.map { plan.sizes[$0] }, outputRank: own.count, strides: strides)
+      let values = gradientPlan.contract(operands.indices.filter { $0 != k }.map { operands[$0].floats } + [dy.floats])
+      // Scatter the result into operand k through its strides per label.
+      let sizes = own.map { plan.sizes[$0] }, steps = own.map { plan.strides[k][$0] }
+      var dx = [Float](repeating: 0, count: input.count)
+      var counter = [Int](repeating: 0, count: own.count)
+      var offset = 0
+      for value in values {
+        dx[offset] += value
+        var axis = own.count - 1
+        while axis >= 0 {
+          counter[axis] += 1
+          offset += steps[axis]
+          if counter[axis] < sizes[axis] { break }
+          offset -= steps[axis] * sizes[axis]
+          counter[axis] = 0
+          axis -= 1
+        }
+      }
+      return Tensor(shape: input.shape, floats: dx, dtype: input.dtype)
+    }
   }
 }

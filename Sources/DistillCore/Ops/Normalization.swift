@@ -34,12 +34,20 @@ private func uninitializedFloats(_ count: Int) -> [Float] {
 /// the batch's own mean and population variance normalize X, and the running statistics come out
 /// updated: `running = input * momentum + batch * (1 - momentum)`. Opset 14+ returns
 /// `Y, running_mean, running_var`; earlier opsets `Y, mean, var, saved_mean, saved_var`.
+///
+/// When the interpreter runs in training (`ExecutionContext.training`, as PyTorch's `train()`),
+/// any BatchNormalization normalizes with batch statistics and reports the new running statistics
+/// for its `input_mean` and `input_var` values through `updateState`, updating the variance with
+/// the unbiased batch variance as PyTorch does.
 struct BatchNormalization: Operator {
   let epsilon: Float
   let momentum: Float
   let spatial: Bool
   let training: Bool
   let legacyOutputs: Bool
+  /// The values holding the running statistics (`input_mean`, `input_var`).
+  let meanName: String
+  let varianceName: String
 
   init(_ node: Node, _ setup: OperatorSetup) throws {
     epsilon = node.floatAttribute("epsilon") ?? 1e-5
@@ -51,6 +59,8 @@ struct BatchNormalization: Operator {
     } else {
       training = node.outputs.dropFirst().contains { !$0.isEmpty }
     }
+    meanName = node.inputs.count > 3 ? node.inputs[3] : ""
+    varianceName = node.inputs.count > 4 ? node.inputs[4] : ""
   }
 
   func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
@@ -72,7 +82,7 @@ struct BatchNormalization: Operator {
     let s = scale.asFloats, b = bias.asFloats
     var m = mean.asFloats, v = variance.asFloats
     var batchMean: [Float] = [], batchVariance: [Float] = []
-    if training {
+    if training || context.training {
       (batchMean, batchVariance) = statistics(x, batch: batch, groups: groups, run: run)
       m = batchMean
       v = batchVariance
@@ -100,9 +110,18 @@ struct BatchNormalization: Operator {
       }
     }
     let output = Tensor(shape: x.shape, floats: y, dtype: x.dtype).normalized()
-    guard training else { return [output] }
     let keep = 1 - momentum
     let inputMean = mean.asFloats, inputVariance = variance.asFloats
+    if context.training {
+      let count = Float(batch * run), correction = count > 1 ? count / (count - 1) : 1
+      let runningMean = (0..<groups).map { inputMean[$0] * momentum + batchMean[$0] * keep }
+      let runningVariance = (0..<groups).map { inputVariance[$0] * momentum + batchVariance[$0] * correction * keep }
+      if !meanName.isEmpty { context.updateState(meanName, Tensor(shape: mean.shape, floats: runningMean, dtype: mean.dtype).normalized()) }
+      if !varianceName.isEmpty {
+        context.updateState(varianceName, Tensor(shape: variance.shape, floats: runningVariance, dtype: variance.dtype).normalized())
+      }
+    }
+    guard training else { return [output] }
     let runningMean = (0..<groups).map { inputMean[$0] * momentum + batchMean[$0] * keep }
     let runningVariance = (0..<groups).map { inputVariance[$0] * momentum + batchVariance[$0] * keep }
     func stat(_ values: [Float], like: Tensor) -> Tensor {
@@ -353,5 +372,339 @@ struct MeanVarianceNormalization: Operator {
       }
     }
     return [Tensor(shape: x.shape, floats: y, dtype: x.dtype).normalized()]
+  }
+}
+
+// MARK: - Gradients
+
+extension BatchNormalization: DifferentiableOperator {
+  /// With running statistics (inference), the op is a per-channel affine map:
+  /// `dX = dY * scale / sqrt(var + epsilon)`, `dscale = sum(dY * xhat)`, `dB = sum(dY)`. With batch
+  /// statistics (`training_mode`, or `context.training`: the tape passes on the recorded pass's
+  /// flag) the gradient also flows through the batch mean and variance, recomputed here from X:
+  /// `dX = scale / sqrt(var + epsilon) * (dY - mean(dY) - xhat * mean(dY * xhat))`, plus what the
+  /// running (and, before opset 14, saved) statistics outputs pass back. `input_mean` and
+  /// `input_var` are state, not parameters: they get no gradient.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    let none = inputs.map { _ -> Tensor? in nil }
+    guard inputs.count >= 5, let x = inputs[0], x.isFloat, x.rank >= 2, let scale = inputs[1], let bias = inputs[2],
+      let mean = inputs[3], let variance = inputs[4]
+    else { return none }
+    let batchStatistics = training || context.training
+    func outputGradient(_ index: Int) -> [Float]? {
+      guard batchStatistics || index == 0, index < outputGradients.count, let gradient = outputGradients[index] else { return nil }
+      return gradient.floats
+    }
+    let dy = outputGradient(0)
+    // The statistics outputs: running mean and variance, then (before opset 14) the batch's.
+    let statistics = (1...4).map(outputGradient)
+    guard dy != nil || statistics.contains(where: { $0 != nil }) else { return none }
+    let batch = x.shape[0], channels = x.shape[1]
+    let spatialSize = x.shape.dropFirst(2).reduce(1, *)
+    let groups = spatial ? channels : channels * spatialSize
+    let run = spatial ? spatialSize : 1
+    guard scale.count == groups, mean.count == groups, variance.count == groups else { return none }
+    var m = mean.asFloats, v = variance.asFloats
+    if batchStatistics { (m, v) = self.statistics(x, batch: batch, groups: groups, run: run) }
+    let inverse = (0..<groups).map { 1 / (v[$0] + epsilon).squareRoot() }
+    let s = scale.asFloats
+    let planes = batch * groups
+    // Per plane: sum(dY) and sum(dY * xhat).
+    var planeSums = [Double](repeating: 0, count: 2 * planes)
+    if let dy {
+      x.floats.withUnsafeBufferPointer { xs in
+        dy.withUnsafeBufferPointer { gs in
+          planeSums.withUnsafeMutableBufferPointer { sums in
+            normalizationParallel(planes, work: x.count) { range in
+              for plane in range {
+                let g = plane % groups, base = plane * run, mu = m[g]
+                var sum: Float = 0, dot: Float = 0
+                for i in base..<(base + run) {
+                  sum += gs[i]
+                  dot += gs[i] * (xs[i] - mu)
+                }
+                sums[2 * plane] = Double(sum)
+                sums[2 * plane + 1] = Double(dot) * Double(inverse[g])
+              }
+            }
+          }
+        }
+      }
+    }
+    var sumDy = [Double](repeating: 0, count: groups), sumDyXhat = [Double](repeating: 0, count: groups)
+    for plane in 0..<planes {
+      sumDy[plane % groups] += planeSums[2 * plane]
+      sumDyXhat[plane % groups] += planeSums[2 * plane + 1]
+    }
+    // dX = p * dY + q * (X - mean) + r per group.
+    let count = Float(batch * run), keep = 1 - momentum
+    var p = [Float](repeating: 0, count: groups), q = p, r = p
+    for g in 0..<groups {
+      let a = s[g] * inverse[g]
+      p[g] = a
+      if batchStatistics {
+        let meanGradient = (keep * (statistics[0]?[g] ?? 0) + (statistics[2]?[g] ?? 0)) / count
+        let varianceGradient = 2 * (keep * (statistics[1]?[g] ?? 0) + (statistics[3]?[g] ?? 0)) / count
+        q[g] = varianceGradient - a * inverse[g] * Float(sumDyXhat[g]) / count
+        r[g] = meanGradient - a * Float(sumDy[g]) / count
+      }
+    }
+    var dx = uninitializedFloats(x.count)
+    x.floats.withUnsafeBufferPointer { xs in
+      dx.withUnsafeMutableBufferPointer { dxs in
+        let zeros = [Float](repeating: 0, count: dy == nil ? run : 0)
+        (dy ?? zeros).withUnsafeBufferPointer { gs in
+          let step = dy == nil ? 0 : 1
+          normalizationParallel(planes, work: x.count) { range in
+            for plane in range {
+              let g = plane % groups, base = plane * run
+              let p = p[g], q = q[g], r = r[g], mu = m[g]
+              for i in base..<(base + run) { dxs[i] = p * gs[i * step] + q * (xs[i] - mu) + r }
+            }
+          }
+        }
+      }
+    }
+    let dScale = Tensor(shape: scale.shape, floats: sumDyXhat.map { Float($0) }, dtype: scale.dtype)
+    let dBias = Tensor(shape: bias.shape, floats: sumDy.map { Float($0) }, dtype: bias.dtype)
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype), scale.isFloat ? dScale : nil, bias.isFloat ? dBias : nil]
+      + inputs.dropFirst(3).map { _ in nil }
+  }
+}
+
+extension InstanceNormalization: DifferentiableOperator {
+  /// Per (sample, channel) plane with xhat = (x - mean) / sqrt(var + epsilon):
+  /// `dX = scale / sqrt(var + epsilon) * (dY - mean(dY) - xhat * mean(dY * xhat))`,
+  /// `dscale = sum(dY * xhat)`, `dB = sum(dY)` over the batch and the plane.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, x.rank >= 3, let scale = inputs[1], let bias = inputs[2] else {
+      return inputs.map { _ in nil }
+    }
+    let channels = x.shape[1], size = x.shape.dropFirst(2).reduce(1, *)
+    let planes = size > 0 ? x.count / size : 0
+    let s = scale.asFloats, epsilon = Double(self.epsilon)
+    var dx = [Float](repeating: 0, count: x.count)
+    // Per plane: sum(dY) and sum(dY * xhat).
+    var sums = [Double](repeating: 0, count: 2 * planes)
+    x.floats.withUnsafeBufferPointer { xs in
+      dy.floats.withUnsafeBufferPointer { gs in
+        dx.withUnsafeMutableBufferPointer { dxs in
+          sums.withUnsafeMutableBufferPointer { sums in
+            normalizationParallel(planes, work: 2 * x.count) { range in
+              for plane in range {
+                let base = plane * size, c = plane % channels
+                var sum: Double = 0
+                for i in base..<(base + size) { sum += Double(xs[i]) }
+                let mean = sum / Double(size)
+                var squares: Double = 0, dySum: Double = 0, dot: Double = 0
+                for i in base..<(base + size) {
+                  let d = Double(xs[i]) - mean
+                  squares += d * d
+                  dySum += Double(gs[i])
+                  dot += Double(gs[i]) * d
+                }
+                let inverse = 1 / (squares / Double(size) + epsilon).squareRoot()
+                dot *= inverse
+                sums[2 * plane] = dySum
+                sums[2 * plane + 1] = dot
+                let a = Float(Double(s[c]) * inverse), mu = Float(mean), iv = Float(inverse)
+                let meanDy = Float(dySum / Double(size)), meanDot = Float(dot / Double(size))
+                for i in base..<(base + size) { dxs[i] = a * (gs[i] - meanDy - (xs[i] - mu) * iv * meanDot) }
+              }
+            }
+          }
+        }
+      }
+    }
+    var dScale = [Float](repeating: 0, count: channels), dBias = dScale
+    for plane in 0..<planes {
+      dBias[plane % channels] += Float(sums[2 * plane])
+      dScale[plane % channels] += Float(sums[2 * plane + 1])
+    }
+    return [
+      Tensor(shape: x.shape, floats: dx, dtype: x.dtype),
+      scale.isFloat ? Tensor(shape: scale.shape, floats: dScale, dtype: scale.dtype) : nil,
+      bias.isFloat ? Tensor(shape: bias.shape, floats: dBias, dtype: bias.dtype) : nil,
+    ]
+  }
+}
+
+extension LayerNormalization: DifferentiableOperator {
+  /// Per row of the normalized dims, with the recorded Mean and InvStdDev r:
+  /// `dX = r * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))` where `dxhat = dY * Scale`;
+  /// `dScale = sum(dY * xhat)` and `dB = sum(dY)` over the rows, in the normalized dims' shape
+  /// (the tape sums them down to a broadcast Scale or B). Gradients into the Mean and InvStdDev
+  /// outputs are not propagated.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    let none = inputs.map { _ -> Tensor? in nil }
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, let scale = inputs[1], outputs.count >= 3 else { return none }
+    let bias = inputs.count > 2 ? inputs[2] : nil
+    let rank = x.rank
+    let axis = self.axis < 0 ? self.axis + rank : self.axis
+    guard axis >= 0 && axis < rank else { return none }
+    let normalizedShape = Array(x.shape[axis...])
+    let rows = x.shape[..<axis].reduce(1, *), n = normalizedShape.reduce(1, *)
+    let s = Broadcast.expand(scale.asFloats, scale.shape, to: normalizedShape)
+    let means = outputs[1].floats, inverses = outputs[2].floats
+    var dx = [Float](repeating: 0, count: x.count)
+    // Each chunk of rows sums its own dScale and dB (rows of `n`), added up after.
+    let chunks = max(1, min(rows, Parallel.threads * 4))
+    var partial = [Float](repeating: 0, count: 2 * chunks * n)
+    x.floats.withUnsafeBufferPointer { xs in
+      dy.floats.withUnsafeBufferPointer { gs in
+        dx.withUnsafeMutableBufferPointer { dxs in
+          partial.withUnsafeMutableBufferPointer { partial in
+            s.withUnsafeBufferPointer { s in
+              Parallel.forEach(chunks, work: 2 * x.count) { chunk in
+                let dScale = partial.baseAddress! + 2 * chunk * n, dBias = dScale + n
+                for row in (rows * chunk / chunks)..<(rows * (chunk + 1) / chunks) {
+                  let base = row * n, mu = means[row], r = inverses[row]
+                  var sum: Float = 0, dot: Float = 0
+                  for i in 0..<n {
+                    let g = gs[base + i], xhat = (xs[base + i] - mu) * r, dxhat = g * s[i]
+                    dScale[i] += g * xhat
+                    dBias[i] += g
+                    sum += dxhat
+                    dot += dxhat * xhat
+                  }
+                  let meanSum = sum / Float(n), meanDot = dot / Float(n)
+                  for i in 0..<n {
+                    let xhat = (xs[base + i] - mu) * r
+                    dxs[base + i] = r * (gs[base + i] * s[i] - meanSum - xhat * meanDot)
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    var dScale = [Float](repeating: 0, count: n), dBias = dScale
+    for chunk in 0..<chunks {
+      for i in 0..<n {
+        dScale[i] += partial[2 * chunk * n + i]
+        dBias[i] += partial[(2 * chunk + 1) * n + i]
+      }
+    }
+    var result: [Tensor?] = [
+      Tensor(shape: x.shape, floats: dx, dtype: x.dtype),
+      scale.isFloat ? Tensor(shape: normalizedShape, floats: dScale, dtype: scale.dtype) : nil,
+    ]
+    if inputs.count > 2 { result.append(bias?.isFloat == true ? Tensor(shape: normalizedShape, floats: dBias, dtype: bias!.dtype) : nil) }
+    return result
+  }
+}
+
+extension LpNormalization: DifferentiableOperator {
+  /// y = x / |x|_p along the axis: `dx = (dy - d|x|_p/dx * sum(dy * y)) / |x|_p`, where
+  /// d|x|_p/dx is y for p = 2 and sign(x) for p = 1. Slices whose norm is 0 get no gradient.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat else { return [nil] }
+    let rank = x.rank
+    let axis = self.axis < 0 ? self.axis + rank : self.axis
+    guard axis >= 0 && axis < rank else { return [nil] }
+    let outer = x.shape[..<axis].reduce(1, *), n = x.shape[axis], inner = x.shape[(axis + 1)...].reduce(1, *)
+    let p = self.p
+    var dx = [Float](repeating: 0, count: x.count)
+    x.floats.withUnsafeBufferPointer { xs in
+      outputs[0].floats.withUnsafeBufferPointer { ys in
+        dy.floats.withUnsafeBufferPointer { gs in
+          dx.withUnsafeMutableBufferPointer { dxs in
+            normalizationParallel(outer, work: 3 * x.count) { range in
+              var norms = [Float](repeating: 0, count: inner), dots = norms
+              for o in range {
+                let base = o * n * inner
+                for i in 0..<inner { (norms[i], dots[i]) = (0, 0) }
+                for j in 0..<n {
+                  let row = base + j * inner
+                  for i in 0..<inner {
+                    let v = xs[row + i]
+                    norms[i] += p == 1 ? abs(v) : v * v
+                    dots[i] += gs[row + i] * ys[row + i]
+                  }
+                }
+                for i in 0..<inner {
+                  let norm = p == 1 ? norms[i] : norms[i].squareRoot()
+                  norms[i] = norm == 0 ? 0 : 1 / norm
+                }
+                for j in 0..<n {
+                  let row = base + j * inner
+                  for i in 0..<inner {
+                    let v = xs[row + i]
+                    let direction = p == 1 ? (v > 0 ? 1 : (v < 0 ? -1 : 0)) : ys[row + i]
+                    dxs[row + i] = (gs[row + i] - direction * dots[i]) * norms[i]
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype)]
+  }
+}
+
+extension MeanVarianceNormalization: DifferentiableOperator {
+  /// y = (x - mean) / D with D = sigma + 1e-9 over the reduced axes (M elements each):
+  /// `dx = (dy - mean(dy)) / D - (x - mean) * sum(dy * (x - mean)) / (M * sigma * D^2)`.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, x.count > 0 else { return [nil] }
+    let rank = x.rank
+    var reduced = [Bool](repeating: false, count: rank)
+    for axis in axes where axis >= -rank && axis < rank { reduced[axis < 0 ? axis + rank : axis] = true }
+    let statShape = (0..<rank).map { reduced[$0] ? 1 : x.shape[$0] }
+    let statStrides = Broadcast.strides(of: statShape, broadcastTo: x.shape)
+    let statCount = statShape.reduce(1, *)
+    let perStat = Double(x.count / statCount)
+    let inputStrides = x.strides
+    var means = [Double](repeating: 0, count: statCount), deviations = means, dyMeans = means, dots = means
+    var dx = [Float](repeating: 0, count: x.count)
+    x.floats.withUnsafeBufferPointer { xs in
+      dy.floats.withUnsafeBufferPointer { gs in
+        Broadcast.forEachRow(x.shape, inputStrides, statStrides) { _, i, s, count, _, step in
+          for k in 0..<count {
+            means[s + k * step] += Double(xs[i + k])
+            dyMeans[s + k * step] += Double(gs[i + k])
+          }
+        }
+        for index in means.indices {
+          means[index] /= perStat
+          dyMeans[index] /= perStat
+        }
+        Broadcast.forEachRow(x.shape, inputStrides, statStrides) { _, i, s, count, _, step in
+          for k in 0..<count {
+            let d = Double(xs[i + k]) - means[s + k * step]
+            deviations[s + k * step] += d * d
+            dots[s + k * step] += Double(gs[i + k]) * d
+          }
+        }
+        // Per statistic: 1 / D and the factor of (x - mean) in the second term.
+        var inverses = deviations, factors = deviations
+        for index in deviations.indices {
+          let sigma = (deviations[index] / perStat).squareRoot(), d = sigma + 1e-9
+          inverses[index] = 1 / d
+          factors[index] = sigma > 0 ? dots[index] / (perStat * sigma * d * d) : 0
+        }
+        Broadcast.forEachRow(x.shape, inputStrides, statStrides) { _, i, s, count, _, step in
+          for k in 0..<count {
+            let stat = s + k * step
+            let centered = Double(xs[i + k]) - means[stat]
+            dx[i + k] = Float((Double(gs[i + k]) - dyMeans[stat]) * inverses[stat] - centered * factors[stat])
+          }
+        }
+      }
+    }
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype)]
   }
 }

@@ -447,3 +447,164 @@ struct GlobalPool: Operator {
     return [Tensor(shape: outShape, floats: y, dtype: x.dtype).normalized()]
   }
 }
+
+// MARK: - Gradients
+
+extension Pool: DifferentiableOperator {
+  /// MaxPool routes each output's gradient to the first maximum of its window (row-major, as the
+  /// `Indices` output reports it); AveragePool spreads it evenly over the window's in-bounds taps,
+  /// divided by the same count as the forward (with or without the padding); LpPool gives each tap
+  /// `|x|^(p-1) sign(x) / y^(p-1)`. Taps shared by overlapping windows accumulate.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, dy.isFloat else { return inputs.map { _ in nil } }
+    let spatialRank = kernel.count
+    guard x.rank == spatialRank + 2 else { return [nil] }
+    var windows = try (0..<spatialRank).map { try window($0, size: x.shape[$0 + 2], context) }
+    while windows.count < 3 { windows.insert(.unit, at: 0) }
+    let geometry = PoolGeometry(windows)
+    let planes = x.shape[0] * x.shape[1]
+    var dx = [Float](repeating: 0, count: x.count)
+    guard dy.count == planes * geometry.outPlane, dy.count > 0 else { return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype)] }
+    let kind = self.kind, countIncludePad = self.countIncludePad, p = self.p
+    let taps = kernel.reduce(1, *)
+    x.floats.withUnsafeBufferPointer { xs in
+      outputs[0].floats.withUnsafeBufferPointer { ys in
+        dy.floats.withUnsafeBufferPointer { gs in
+          dx.withUnsafeMutableBufferPointer { dxs in
+            poolingParallel(planes, work: x.count + dy.count * taps) { range in
+              geometry.backward(
+                kind, countIncludePad: countIncludePad, p: p, xs.baseAddress!, ys.baseAddress!, gs.baseAddress!, dxs.baseAddress!, range,
+                taps: taps)
+            }
+          }
+        }
+      }
+    }
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype)]
+  }
+}
+
+extension PoolGeometry {
+  /// Adds the gradient of the planes in `range` of the pooled output `y` (gradient `g`) to `dx`.
+  func backward(
+    _ kind: Pool.Kind, countIncludePad: Bool, p: Float, _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ g: UnsafePointer<Float>,
+    _ dx: UnsafeMutablePointer<Float>, _ range: Range<Int>, taps: Int
+  ) {
+    let d = depth, h = height, w = width
+    // Flat offsets (in the plane) of the current window's in-bounds taps.
+    var offsets = [Int](repeating: 0, count: taps)
+    offsets.withUnsafeMutableBufferPointer { offsets in
+      let offsets = offsets.baseAddress!
+      for plane in range {
+        let xp = x + plane * inPlane, dxp = dx + plane * inPlane
+        var out = plane * outPlane
+        for od in 0..<d.outSize {
+          let dFirst = d.table[od], dValid = d.table[d.outSize + od], dPadded = d.table[2 * d.outSize + od]
+          for oh in 0..<h.outSize {
+            let hFirst = h.table[oh], hValid = h.table[h.outSize + oh], hPadded = h.table[2 * h.outSize + oh]
+            for ow in 0..<w.outSize {
+              let wFirst = w.table[ow], wValid = w.table[w.outSize + ow], wPadded = w.table[2 * w.outSize + ow]
+              var n = 0
+              for td in 0..<dValid {
+                let z = dFirst + td * d.dilation
+                for th in 0..<hValid {
+                  let rowBase = (z * h.size + hFirst + th * h.dilation) * w.size + wFirst
+                  for tw in 0..<wValid {
+                    offsets[n] = rowBase + tw * w.dilation
+                    n += 1
+                  }
+                }
+              }
+              let gradient = g[out]
+              switch kind {
+              case .max:
+                if n > 0 {
+                  var best = xp[offsets[0]], bestOffset = offsets[0]
+                  for t in 1..<n where xp[offsets[t]] > best {
+                    best = xp[offsets[t]]
+                    bestOffset = offsets[t]
+                  }
+                  dxp[bestOffset] += gradient
+                }
+              case .average:
+                let divisor = countIncludePad ? dPadded * hPadded * wPadded : n
+                if divisor > 0 {
+                  let share = gradient / Float(divisor)
+                  for t in 0..<n { dxp[offsets[t]] += share }
+                }
+              case .lp:
+                let norm = y[out]
+                if norm > 0 {
+                  for t in 0..<n {
+                    let v = xp[offsets[t]]
+                    let sign: Float = v > 0 ? 1 : (v < 0 ? -1 : 0)
+                    let derivative: Float
+                    if p == 1 {
+                      derivative = sign
+                    } else if p == 2 {
+                      derivative = v / norm
+                    } else {
+                      derivative = sign * pow(abs(v) / norm, p - 1)
+                    }
+                    dxp[offsets[t]] += gradient * derivative
+                  }
+                }
+              }
+              out += 1
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+extension GlobalPool: DifferentiableOperator {
+  /// GlobalMaxPool routes each plane's gradient to its first maximum, GlobalAveragePool spreads it
+  /// evenly, GlobalLpPool gives each element `|x|^(p-1) sign(x) / y^(p-1)`.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, x.rank >= 2 else { return [nil] }
+    let planes = x.shape[0] * x.shape[1], size = x.shape.dropFirst(2).reduce(1, *)
+    var dx = [Float](repeating: 0, count: x.count)
+    guard size > 0 else { return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype)] }
+    let kind = self.kind, p = self.p
+    x.floats.withUnsafeBufferPointer { xs in
+      outputs[0].floats.withUnsafeBufferPointer { ys in
+        dy.floats.withUnsafeBufferPointer { gs in
+          dx.withUnsafeMutableBufferPointer { dxs in
+            poolingParallel(planes, work: 2 * x.count) { range in
+              for plane in range {
+                let base = plane * size, gradient = gs[plane]
+                switch kind {
+                case .max:
+                  var best = xs[base], bestIndex = base
+                  for i in base..<(base + size) where xs[i] > best {
+                    best = xs[i]
+                    bestIndex = i
+                  }
+                  dxs[bestIndex] = gradient
+                case .average:
+                  let share = gradient / Float(size)
+                  for i in base..<(base + size) { dxs[i] = share }
+                case .lp:
+                  let norm = ys[plane]
+                  guard norm > 0 else { continue }
+                  for i in base..<(base + size) {
+                    let v = xs[i]
+                    let sign: Float = v > 0 ? 1 : (v < 0 ? -1 : 0)
+                    dxs[i] = gradient * (p == 2 ? v / norm : sign * pow(abs(v) / norm, p - 1))
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype)]
+  }
+}

@@ -47,20 +47,7 @@ struct Reduce: Operator {
   func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
     let x = try context.input(inputs, 0, "data")
     let rank = x.rank
-    var requested = axes ?? []
-    if inputs.count > 1, let axesInput = inputs[1] {
-      guard !axesInput.isFloat else { throw context.error("input axes is \(axesInput.dtype), expected int64") }
-      requested = axesInput.ints.map { Int(clamping: $0) }
-    }
-    // With noop_with_empty_axes nothing is reduced, but each element still goes through the
-    // operation (ReduceL1 gives |x|, ReduceSumSquare x^2), as onnxruntime computes it.
-    var reduced = [Bool](repeating: requested.isEmpty && !noopWithEmptyAxes, count: rank)
-    for axis in requested {
-      guard axis >= -rank && axis < rank else {
-        throw context.error("axis \(axis) is out of range for input data of rank \(rank)")
-      }
-      reduced[axis < 0 ? axis + rank : axis] = true
-    }
+    let reduced = try reducedAxes(rank, inputs, context)
     var outShape: [Int] = []
     for axis in 0..<rank where !reduced[axis] || keepDims { outShape.append(reduced[axis] ? 1 : x.shape[axis]) }
     let outCount = try context.checkAllocation(outShape)
@@ -93,6 +80,25 @@ struct Reduce: Operator {
       if flip { out = out.map { $0 ^ Int64.min } }
       return [Tensor(shape: outShape, ints: out, dtype: x.dtype).normalized()]
     }
+  }
+
+  /// Which axes of a `rank`-dim input the node reduces. With noop_with_empty_axes and no axes
+  /// nothing is reduced, but each element still goes through the operation (ReduceL1 gives |x|,
+  /// ReduceSumSquare x^2), as onnxruntime computes it.
+  private func reducedAxes(_ rank: Int, _ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Bool] {
+    var requested = axes ?? []
+    if inputs.count > 1, let axesInput = inputs[1] {
+      guard !axesInput.isFloat else { throw context.error("input axes is \(axesInput.dtype), expected int64") }
+      requested = axesInput.ints.map { Int(clamping: $0) }
+    }
+    var reduced = [Bool](repeating: requested.isEmpty && !noopWithEmptyAxes, count: rank)
+    for axis in requested {
+      guard axis >= -rank && axis < rank else {
+        throw context.error("axis \(axis) is out of range for input data of rank \(rank)")
+      }
+      reduced[axis < 0 ? axis + rank : axis] = true
+    }
+    return reduced
   }
 
   private func identity() -> Float {
@@ -397,26 +403,7 @@ struct Softmax: Operator {
   func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
     let x = try context.input(inputs, 0, "input")
     guard x.isFloat else { throw context.error("input is \(x.dtype); \(kind) needs a floating-point tensor") }
-    let rank = x.rank
-    var axis = self.axis
-    if flattens {
-      guard axis >= -rank && axis <= rank else { throw context.error("axis \(axis) is out of range for input of rank \(rank)") }
-    } else {
-      guard (axis >= -rank && axis < rank) || (rank == 0 && (axis == 0 || axis == -1)) else {
-        throw context.error("axis \(axis) is out of range for input of rank \(rank)")
-      }
-    }
-    if axis < 0 { axis += rank }
-    axis = Swift.min(axis, rank)
-    let outer = x.shape[..<axis].reduce(1, *)
-    let n: Int, inner: Int
-    if flattens || rank == 0 {
-      n = x.shape[axis...].reduce(1, *)
-      inner = 1
-    } else {
-      n = x.shape[axis]
-      inner = x.shape[(axis + 1)...].reduce(1, *)
-    }
+    let (outer, n, inner) = try slices(x.shape, context)
     guard x.count > 0 else { return [x] }
     let kind = self.kind
     // Softmax and LogSoftmax write every element; Hardmax only its ones.
@@ -447,6 +434,25 @@ struct Softmax: Operator {
       }
     }
     return [Tensor(shape: x.shape, floats: y, dtype: x.dtype).normalized()]
+  }
+
+  /// How `shape` splits into slices: `outer` blocks of `n` values `inner` apart (the 2D coercion
+  /// before opset 13 makes every slice contiguous).
+  private func slices(_ shape: [Int], _ context: ExecutionContext) throws -> (outer: Int, n: Int, inner: Int) {
+    let rank = shape.count
+    var axis = self.axis
+    if flattens {
+      guard axis >= -rank && axis <= rank else { throw context.error("axis \(axis) is out of range for input of rank \(rank)") }
+    } else {
+      guard (axis >= -rank && axis < rank) || (rank == 0 && (axis == 0 || axis == -1)) else {
+        throw context.error("axis \(axis) is out of range for input of rank \(rank)")
+      }
+    }
+    if axis < 0 { axis += rank }
+    axis = Swift.min(axis, rank)
+    let outer = shape[..<axis].reduce(1, *)
+    if flattens || rank == 0 { return (outer, shape[axis...].reduce(1, *), 1) }
+    return (outer, shape[axis], shape[(axis + 1)...].reduce(1, *))
   }
 
   /// One contiguous slice of `n` values.
@@ -599,4 +605,187 @@ private func exp8(_ v: SIMD8<Float>) -> SIMD8<Float> {
   var result = p * unsafeBitCast(exponent, to: SIMD8<Float>.self)
   result.replace(with: 0, where: v .< -87.33654)
   return result
+}
+
+// MARK: - Gradients
+
+extension Reduce: DifferentiableOperator {
+  /// Each input element gets its output's gradient times d output / d element. ReduceMax and
+  /// ReduceMin split the gradient evenly among the elements equal to the result (as PyTorch's
+  /// amax/amin). ReduceProd is exact with zeros: with one zero in a slice only that element gets
+  /// a gradient (the product of the others), with two or more none does.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    let rest = inputs.dropFirst().map { _ -> Tensor? in nil }
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, dy.isFloat, outputs[0].isFloat else { return [nil] + rest }
+    let plan = ReductionPlan(x.shape, try reducedAxes(x.rank, inputs, context))
+    var dx = [Float](repeating: 0, count: x.count)
+    x.floats.withUnsafeBufferPointer { xs in
+      outputs[0].floats.withUnsafeBufferPointer { ys in
+        dy.floats.withUnsafeBufferPointer { gs in
+          dx.withUnsafeMutableBufferPointer { dxs in
+            gradient(xs.baseAddress!, ys.baseAddress!, gs.baseAddress!, dxs.baseAddress!, outputCount: dy.count, plan)
+          }
+        }
+      }
+    }
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype)] + rest
+  }
+
+  /// Writes `dx` for input `x`, output `y` and its gradient `g` (`outputCount` values each).
+  private func gradient(
+    _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+    outputCount: Int, _ plan: ReductionPlan
+  ) {
+    /// Runs of `count` input elements from `i` whose outputs are `o + k * step`, slabs on every core.
+    @inline(__always) func rows(_ body: (_ i: Int, _ o: Int, _ count: Int, _ step: Int) -> Void) {
+      plan.forEachSlab { dims, inputBase, outputBase in
+        Broadcast.forEachRow(dims, plan.inputStrides, plan.outputStrides) { _, input, output, count, _, step in
+          body(inputBase + input, outputBase + output, count, step)
+        }
+      }
+    }
+    switch kind {
+    case .sum, .mean:
+      let scale: Float = kind == .mean ? 1 / Float(Swift.max(plan.reducedCount, 1)) : 1
+      rows { i, o, count, step in for k in 0..<count { dx[i + k] = g[o + k * step] * scale } }
+    case .sumSquare:
+      rows { i, o, count, step in for k in 0..<count { dx[i + k] = 2 * x[i + k] * g[o + k * step] } }
+    case .l1:
+      rows { i, o, count, step in
+        for k in 0..<count {
+          let v = x[i + k]
+          dx[i + k] = v > 0 ? g[o + k * step] : (v < 0 ? -g[o + k * step] : 0)
+        }
+      }
+    case .l2:
+      rows { i, o, count, step in
+        for k in 0..<count {
+          let norm = y[o + k * step]
+          dx[i + k] = norm > 0 ? g[o + k * step] * x[i + k] / norm : 0
+        }
+      }
+    case .logSum:
+      rows { i, o, count, step in for k in 0..<count { dx[i + k] = g[o + k * step] / exp(y[o + k * step]) } }
+    case .logSumExp:
+      rows { i, o, count, step in for k in 0..<count { dx[i + k] = g[o + k * step] * exp(x[i + k] - y[o + k * step]) } }
+    case .max, .min:
+      var ties = [Float](repeating: 0, count: outputCount)
+      ties.withUnsafeMutableBufferPointer { ties in
+        let ties = ties.baseAddress!
+        rows { i, o, count, step in
+          for k in 0..<count where x[i + k] == y[o + k * step] { ties[o + k * step] += 1 }
+        }
+        rows { i, o, count, step in
+          for k in 0..<count where x[i + k] == y[o + k * step] { dx[i + k] = g[o + k * step] / ties[o + k * step] }
+        }
+      }
+    case .prod:
+      // Per output: how many zeros its slice holds and the product of the other elements.
+      var zeros = [Int32](repeating: 0, count: outputCount), products = [Float](repeating: 1, count: outputCount)
+      zeros.withUnsafeMutableBufferPointer { zeros in
+        products.withUnsafeMutableBufferPointer { products in
+          let zeros = zeros.baseAddress!, products = products.baseAddress!
+          rows { i, o, count, step in
+            for k in 0..<count {
+              let v = x[i + k]
+              if v == 0 { zeros[o + k * step] += 1 } else { products[o + k * step] *= v }
+            }
+          }
+          rows { i, o, count, step in
+            for k in 0..<count {
+              let out = o + k * step, v = x[i + k]
+              switch zeros[out] {
+              case 0: dx[i + k] = g[out] * products[out] / v
+              case 1: dx[i + k] = v == 0 ? g[out] * products[out] : 0
+              default: dx[i + k] = 0
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+extension Softmax: DifferentiableOperator {
+  /// Softmax: `dx = y * (dy - sum(dy * y))`; LogSoftmax: `dx = dy - exp(y) * sum(dy)`, sums over
+  /// each slice. Hardmax is piecewise constant: no gradient flows through it.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard kind != .hardmax, let dy = outputGradients[0], let x = inputs[0], x.isFloat, x.count > 0 else { return [nil] }
+    let (outer, n, inner) = try slices(x.shape, context)
+    let kind = self.kind
+    var dx = [Float](unsafeUninitializedCapacity: x.count) { $1 = x.count }
+    outputs[0].floats.withUnsafeBufferPointer { ys in
+      dy.floats.withUnsafeBufferPointer { gs in
+        dx.withUnsafeMutableBufferPointer { dxs in
+          let y = ys.baseAddress!, g = gs.baseAddress!, d = dxs.baseAddress!
+          if inner == 1 {
+            reductionParallel(outer, work: x.count) { range in
+              for row in range { Softmax.rowGradient(kind, y + row * n, g + row * n, d + row * n, n) }
+            }
+            return
+          }
+          let columnChunks = Swift.max(1, Swift.min(inner / 64, (Parallel.threads * 4 + outer - 1) / outer))
+          reductionParallel(outer * columnChunks, work: x.count) { range in
+            var sums = [Float](repeating: 0, count: inner / columnChunks + 1)
+            sums.withUnsafeMutableBufferPointer { sums in
+              for task in range {
+                let b = task / columnChunks, chunk = task % columnChunks
+                let first = inner * chunk / columnChunks, end = inner * (chunk + 1) / columnChunks
+                let offset = b * n * inner + first
+                Softmax.stridedGradient(kind, y + offset, g + offset, d + offset, n, end - first, inner, sums.baseAddress!)
+              }
+            }
+          }
+        }
+      }
+    }
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype)]
+  }
+
+  @inline(__always)
+  private static func rowGradient(
+    _ kind: Kind, _ y: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ n: Int
+  ) {
+    var sum: Float = 0
+    if kind == .softmax {
+      for j in 0..<n { sum += g[j] * y[j] }
+      for j in 0..<n { dx[j] = y[j] * (g[j] - sum) }
+    } else {
+      for j in 0..<n { sum += g[j] }
+      for j in 0..<n { dx[j] = g[j] - exp(y[j]) * sum }
+    }
+  }
+
+  /// `width` columns of `n` rows `stride` apart, with `width` floats of scratch.
+  @inline(__always)
+  private static func stridedGradient(
+    _ kind: Kind, _ y: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ n: Int,
+    _ width: Int, _ stride: Int, _ sum: UnsafeMutablePointer<Float>
+  ) {
+    for i in 0..<width { sum[i] = 0 }
+    if kind == .softmax {
+      for j in 0..<n {
+        let yr = y + j * stride, gr = g + j * stride
+        for i in 0..<width { sum[i] += gr[i] * yr[i] }
+      }
+      for j in 0..<n {
+        let yr = y + j * stride, gr = g + j * stride, dr = dx + j * stride
+        for i in 0..<width { dr[i] = yr[i] * (gr[i] - sum[i]) }
+      }
+    } else {
+      for j in 0..<n {
+        let gr = g + j * stride
+        for i in 0..<width { sum[i] += gr[i] }
+      }
+      for j in 0..<n {
+        let yr = y + j * stride, gr = g + j * stride, dr = dx + j * stride
+        for i in 0..<width { dr[i] = gr[i] - exp(yr[i]) * sum[i] }
+      }
+    }
+  }
 }

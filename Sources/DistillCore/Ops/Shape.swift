@@ -336,6 +336,13 @@ struct StridedSlice: Operator {
 
   func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
     let x = try context.input(inputs, 0, "data")
+    let view = try self.view(of: x, inputs, context)
+    if view.shape == x.shape && view.strides == x.strides { return [x] }
+    return [x.strided(offset: view.offset, strides: view.strides, shape: view.shape)]
+  }
+
+  /// The result as a strided view of `x`: element i is `x[offset + Σ i[a] * strides[a]]`.
+  func view(of x: Tensor, _ inputs: [Tensor?], _ context: ExecutionContext) throws -> (offset: Int, strides: [Int], shape: [Int]) {
     let starts: [Int], ends: [Int], listedAxes: [Int]?, steps: [Int]?
     if opset < 10 {
       starts = startsAttribute!
@@ -375,8 +382,7 @@ struct StridedSlice: Operator {
       if count > 0 { offset += start * inputStrides[axis] }
       strides[axis] = count > 1 ? inputStrides[axis] * step : 0
     }
-    if shape == x.shape && strides == inputStrides { return [x] }
-    return [x.strided(offset: offset, strides: strides, shape: shape)]
+    return (offset, strides, shape)
   }
 }
 
@@ -470,22 +476,9 @@ struct Pad: Operator {
 
   func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
     let x = try context.input(inputs, 0, "data")
-    let pads = try padsAttribute ?? Layout.integers(context.input(inputs, 1, "pads"), "pads", context)
     let fill = opset < 11 ? nil : Layout.optional(inputs, 2)
     if let fill, fill.count != 1 { throw context.error("input constant_value \(fill.shapeDescription) is not a scalar") }
-    let axes = try (opset < 11 ? nil : Layout.optional(inputs, 3)).map { axes in
-      try Layout.integers(axes, "axes", context).map { try Layout.axis($0, rank: x.rank, "axes", context) }
-    } ?? Array(0..<x.rank)
-    guard pads.count == 2 * axes.count else {
-      throw context.error("input pads has \(pads.count) values, expected \(2 * axes.count) for input data \(x.shapeDescription)")
-    }
-    var begins = [Int](repeating: 0, count: x.rank), ends = begins
-    for (index, axis) in axes.enumerated() {
-      begins[axis] = pads[index]
-      ends[axis] = pads[index + axes.count]
-    }
-    let shape = x.shape.indices.map { x.shape[$0] + begins[$0] + ends[$0] }
-    guard shape.allSatisfy({ $0 >= 0 }) else { throw context.error("pads \(pads) crop input data \(x.shapeDescription) below zero") }
+    let (begins, shape) = try placement(of: x, inputs, context)
     try context.checkAllocation(shape, elementBytes: x.isFloat ? 4 : 8)
     if x.rank == 0 || shape == x.shape && begins.allSatisfy({ $0 == 0 }) { return [x] }
     if mode != .constant, let axis = x.shape.indices.first(where: { x.shape[$0] == 0 && shape[$0] > 0 }) {
@@ -500,6 +493,25 @@ struct Pad: Operator {
     }
     let value = fill?.ints.first ?? Int64(valueAttribute)
     return [Tensor(shape: shape, ints: Pad.copy(x.ints, x.shape, shape, maps, lastBegin: begins[x.rank - 1], fill: value), dtype: x.dtype).normalized()]
+  }
+
+  /// Where the input starts along each axis of the output (the begin pads), and the output's shape.
+  func placement(of x: Tensor, _ inputs: [Tensor?], _ context: ExecutionContext) throws -> (begins: [Int], shape: [Int]) {
+    let pads = try padsAttribute ?? Layout.integers(context.input(inputs, 1, "pads"), "pads", context)
+    let axes = try (opset < 11 ? nil : Layout.optional(inputs, 3)).map { axes in
+      try Layout.integers(axes, "axes", context).map { try Layout.axis($0, rank: x.rank, "axes", context) }
+    } ?? Array(0..<x.rank)
+    guard pads.count == 2 * axes.count else {
+      throw context.error("input pads has \(pads.count) values, expected \(2 * axes.count) for input data \(x.shapeDescription)")
+    }
+    var begins = [Int](repeating: 0, count: x.rank), ends = begins
+    for (index, axis) in axes.enumerated() {
+      begins[axis] = pads[index]
+      ends[axis] = pads[index + axes.count]
+    }
+    let shape = x.shape.indices.map { x.shape[$0] + begins[$0] + ends[$0] }
+    guard shape.allSatisfy({ $0 >= 0 }) else { throw context.error("pads \(pads) crop input data \(x.shapeDescription) below zero") }
+    return (begins, shape)
   }
 
   /// The input position that output position `index - begin` reads along an axis, or -1 for the fill value.
@@ -759,5 +771,332 @@ extension Tensor {
       return Tensor(shape: shape, floats: floats.withUnsafeBufferPointer { Layout.gather($0, offset: offset, strides: strides, shape: shape) }, dtype: dtype)
     }
     return Tensor(shape: shape, ints: ints.withUnsafeBufferPointer { Layout.gather($0, offset: offset, strides: strides, shape: shape) }, dtype: dtype)
+  }
+}
+
+// MARK: - Gradients
+
+extension Layout {
+  /// The gradients of an op whose output holds the input's elements in the same order (Reshape,
+  /// Flatten, Squeeze, Unsqueeze): `dy` with the input's shape; nil for the other inputs.
+  static func sameElements(_ inputs: [Tensor?], _ outputGradients: [Tensor?]) -> [Tensor?] {
+    var result = inputs.map { _ in nil as Tensor? }
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat else { return result }
+    var dx = dy.reshaped(x.shape)
+    dx.dtype = x.dtype
+    result[0] = dx
+    return result
+  }
+
+  /// The transpose of `gather`: `out[offset + Σ i[a] * strides[a]] += values[i]` for every index i
+  /// of `shape` (`values` row-major). Rows run in parallel when `disjoint` (no two indices reach
+  /// the same element), serially otherwise.
+  static func scatterAdd(
+    _ values: UnsafeBufferPointer<Float>, into out: UnsafeMutablePointer<Float>, offset: Int, strides: [Int], shape: [Int], disjoint: Bool
+  ) {
+    var dims: [Int] = [], steps: [Int] = []
+    for (dim, step) in zip(shape, strides) {
+      if dim == 0 { return }
+      if dim == 1 { continue }
+      if let outer = dims.last, steps[steps.count - 1] == step * dim {
+        dims[dims.count - 1] = outer * dim
+        steps[steps.count - 1] = step
+      } else {
+        dims.append(dim)
+        steps.append(step)
+      }
+    }
+    guard let inner = dims.popLast() else {
+      out[offset] += values[0]
+      return
+    }
+    let innerStep = steps.removeLast()
+    let total = inner * dims.reduce(1, *), rows = total / inner
+    let src = values.baseAddress!
+    let outerDims = dims, outerSteps = steps
+    let body = { (range: Range<Int>) in
+      var counter = [Int](repeating: 0, count: outerDims.count)
+      var base = offset, rest = range.lowerBound
+      for axis in outerDims.indices.reversed() {
+        counter[axis] = rest % outerDims[axis]
+        rest /= outerDims[axis]
+        base += counter[axis] * outerSteps[axis]
+      }
+      var next = src + range.lowerBound * inner
+      for _ in range {
+        let to = out + base
+        switch innerStep {
+        case 1: for k in 0..<inner { to[k] += next[k] }
+        case 0:
+          var sum: Float = 0
+          for k in 0..<inner { sum += next[k] }
+          to.pointee += sum
+        default:
+          var position = 0
+          for k in 0..<inner {
+            to[position] += next[k]
+            position += innerStep
+          }
+        }
+        next += inner
+        var axis = outerDims.count - 1
+        while axis >= 0 {
+          counter[axis] += 1
+          base += outerSteps[axis]
+          if counter[axis] < outerDims[axis] { break }
+          base -= outerSteps[axis] * outerDims[axis]
+          counter[axis] = 0
+          axis -= 1
+        }
+      }
+    }
+    if disjoint { parallel(rows, work: total, body) } else { body(0..<rows) }
+  }
+
+  /// The gradient of a strided view `y[i] = x[offset + Σ i[a] * strides[a]]` (Slice, DepthToSpace,
+  /// SpaceToDepth): zeros of `inputShape` with `dy` added at the positions the view read.
+  static func viewGradient(_ dy: Tensor, inputShape: [Int], offset: Int, strides: [Int], shape: [Int], disjoint: Bool) -> [Float] {
+    var dx = [Float](repeating: 0, count: inputShape.reduce(1, *))
+    dy.floats.withUnsafeBufferPointer { source in
+      dx.withUnsafeMutableBufferPointer { out in
+        scatterAdd(source, into: out.baseAddress!, offset: offset, strides: strides, shape: shape, disjoint: disjoint)
+      }
+    }
+    return dx
+  }
+
+  /// Sums blocks along one axis: `values` is `[outer, map.count, inner]`, the result
+  /// `[outer, size, inner]`, and row j of each block is added into row `map[j]` (skipped when -1).
+  static func fold(_ values: [Float], outer: Int, map: [Int], size: Int, inner: Int) -> [Float] {
+    var result = [Float](repeating: 0, count: outer * size * inner)
+    let rows = map.count
+    guard !result.isEmpty, rows > 0 else { return result }
+    // Each task owns one outer block and one range of columns, so no two tasks write one element.
+    let columns = outer >= 4 * Parallel.threads ? 1 : max(1, min(inner / 4096, 4 * Parallel.threads))
+    values.withUnsafeBufferPointer { source in
+      result.withUnsafeMutableBufferPointer { target in
+        let src = source.baseAddress!, dst = target.baseAddress!
+        parallel(outer * columns, work: values.count) { range in
+          for task in range {
+            let o = task / columns, part = task % columns
+            let c0 = inner * part / columns, c1 = inner * (part + 1) / columns
+            for j in 0..<rows where map[j] >= 0 {
+              let from = src + (o * rows + j) * inner, to = dst + (o * size + map[j]) * inner
+              for c in c0..<c1 { to[c] += from[c] }
+            }
+          }
+        }
+      }
+    }
+    return result
+  }
+}
+
+extension Reshape: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    Layout.sameElements(inputs, outputGradients)
+  }
+}
+
+extension Flatten: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    Layout.sameElements(inputs, outputGradients)
+  }
+}
+
+extension Squeeze: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    Layout.sameElements(inputs, outputGradients)
+  }
+}
+
+extension Unsqueeze: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    Layout.sameElements(inputs, outputGradients)
+  }
+}
+
+extension Transpose: DifferentiableOperator {
+  /// The inverse permutation of `dy`.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat else { return [nil] }
+    let perm = self.perm ?? Array((0..<x.rank).reversed())
+    if perm == Array(0..<x.rank) { return [dy] }
+    var inverse = perm
+    for (axis, source) in perm.enumerated() { inverse[source] = axis }
+    let strides = dy.strides
+    var dx = dy.strided(offset: 0, strides: inverse.map { strides[$0] }, shape: x.shape)
+    dx.dtype = x.dtype
+    return [dx]
+  }
+}
+
+extension Concat: DifferentiableOperator {
+  /// Each input gets its block of `dy` along the axis.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let first = inputs.compactMap({ $0 }).first, first.isFloat else { return inputs.map { _ in nil } }
+    let axis = try Layout.axis(self.axis, rank: first.rank, "axis", context)
+    let strides = dy.strides
+    var start = 0
+    return inputs.map { input -> Tensor? in
+      guard let input else { return nil }
+      defer { start += input.shape[axis] }
+      var dx = input.shape == dy.shape ? dy : dy.strided(offset: start * strides[axis], strides: strides, shape: input.shape)
+      dx.dtype = input.dtype
+      return dx
+    }
+  }
+}
+
+extension Split: DifferentiableOperator {
+  /// The output gradients joined along the axis (zeros for outputs without one).
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    var result = inputs.map { _ in nil as Tensor? }
+    guard let x = inputs[0], x.isFloat, outputGradients.contains(where: { $0 != nil }) else { return result }
+    let axis = try Layout.axis(self.axis, rank: x.rank, "axis", context)
+    let outer = x.shape[..<axis].reduce(1, *), inner = x.shape[(axis + 1)...].reduce(1, *)
+    let parts = outputs.indices.map { index in
+      (index < outputGradients.count ? outputGradients[index]?.floats : nil) ?? [Float](repeating: 0, count: outputs[index].count)
+    }
+    let blocks = outputs.map { $0.shape[axis] * inner }
+    result[0] = Tensor(shape: x.shape, floats: Concat.join(parts, blocks: blocks, outer: outer), dtype: x.dtype)
+    return result
+  }
+}
+
+extension StridedSlice: DifferentiableOperator {
+  /// `dy` placed where the slice read, zeros elsewhere.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    var result = inputs.map { _ in nil as Tensor? }
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat else { return result }
+    let view = try self.view(of: x, inputs, context)
+    let dx = Layout.viewGradient(dy, inputShape: x.shape, offset: view.offset, strides: view.strides, shape: view.shape, disjoint: true)
+    result[0] = Tensor(shape: x.shape, floats: dx, dtype: x.dtype)
+    return result
+  }
+}
+
+extension Expand: DifferentiableOperator {
+  /// `dy` in the broadcast shape; the tape sums it down to the input's shape.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat else { return [nil, nil] }
+    var dx = dy
+    dx.dtype = x.dtype
+    return [dx, nil]
+  }
+}
+
+extension Tile: DifferentiableOperator {
+  /// The sum of `dy` over the copies: `dy` viewed as `[r0, d0, r1, d1, ...]` is permuted to
+  /// `[r0, r1, ..., d0, d1, ...]`, then its input-sized blocks are added up.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat else { return [nil, nil] }
+    let repeats = zip(dy.shape, x.shape).map { $1 == 0 ? 0 : $0 / $1 }
+    let copies = repeats.reduce(1, *), size = x.count
+    if copies == 1 || size == 0 {
+      var dx = dy.reshaped(x.shape)
+      dx.dtype = x.dtype
+      return [dx, nil]
+    }
+    // Strides of dy's [r0, d0, r1, d1, ...] view, taken in the order [r0, r1, ..., d0, d1, ...].
+    let rank = x.rank
+    let virtual = Tensor.strides(of: x.shape.indices.flatMap { [repeats[$0], x.shape[$0]] })
+    let order = (0..<rank).map { 2 * $0 } + (0..<rank).map { 2 * $0 + 1 }
+    let grouped = dy.strided(offset: 0, strides: order.map { virtual[$0] }, shape: repeats + x.shape).floats
+    var dx = [Float](repeating: 0, count: size)
+    let chunks = max(1, min(size / 4096, 4 * Parallel.threads))
+    grouped.withUnsafeBufferPointer { source in
+      dx.withUnsafeMutableBufferPointer { target in
+        let src = source.baseAddress!, dst = target.baseAddress!
+        Layout.parallel(chunks, work: grouped.count) { range in
+          for chunk in range {
+            let c0 = size * chunk / chunks, c1 = size * (chunk + 1) / chunks
+            for copy in 0..<copies {
+              let from = src + copy * size
+              for c in c0..<c1 { dst[c] += from[c] }
+            }
+          }
+        }
+      }
+    }
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype), nil]
+  }
+}
+
+extension Pad: DifferentiableOperator {
+  /// Each output element's gradient goes to the input element it copied (reflect, edge and wrap
+  /// read some inputs several times: those add up), one axis at a time. In constant mode the
+  /// constant_value input gets the sum over the filled positions.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    var result = inputs.map { _ in nil as Tensor? }
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat else { return result }
+    let (begins, shape) = try placement(of: x, inputs, context)
+    var gradient = dy.floats, current = dy.shape
+    if x.rank > 0 && !(shape == x.shape && begins.allSatisfy({ $0 == 0 })) {
+      for axis in 0..<x.rank where current[axis] != x.shape[axis] || begins[axis] != 0 {
+        let size = x.shape[axis]
+        let map = (0..<current[axis]).map { Pad.source($0 - begins[axis], size: size, mode: mode) }
+        let outer = current[..<axis].reduce(1, *), inner = current[(axis + 1)...].reduce(1, *)
+        gradient = Layout.fold(gradient, outer: outer, map: map, size: size, inner: inner)
+        current[axis] = size
+      }
+    }
+    if mode == .constant, opset >= 11, let fill = Layout.optional(inputs, 2), fill.isFloat {
+      // Every output element not filled passes its gradient to exactly one input element.
+      let passed = gradient.reduce(0.0) { $0 + Double($1) }, total = dy.floats.reduce(0.0) { $0 + Double($1) }
+      result[2] = Tensor(shape: fill.shape, floats: [Float(total - passed)], dtype: fill.dtype)
+    }
+    result[0] = Tensor(shape: x.shape, floats: gradient, dtype: x.dtype)
+    return result
+  }
+}
+
+extension DepthToSpace: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, x.rank == 4 else { return [nil] }
+    let (n, c, h, w, b) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3], blocksize)
+    let depth = c / (b * b), plane = h * w
+    let (depthStride, rowStride, columnStride) = columnRowDepth ? (b * b * plane, b * plane, plane) : (plane, b * depth * plane, depth * plane)
+    let strides = [c * plane, depthStride, w, rowStride, 1, columnStride]
+    let dx = Layout.viewGradient(dy, inputShape: x.shape, offset: 0, strides: strides, shape: [n, depth, h, b, w, b], disjoint: true)
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype)]
+  }
+}
+
+extension SpaceToDepth: DifferentiableOperator {
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, x.rank == 4 else { return [nil] }
+    let (n, c, h, w, b) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3], blocksize)
+    let (shape, strides) = columnRowDepth
+      ? ([n, c, b, b, h / b, w / b], [c * h * w, h * w, w, 1, b * w, b])
+      : ([n, b, b, c, h / b, w / b], [c * h * w, w, 1, h * w, b * w, b])
+    let dx = Layout.viewGradient(dy, inputShape: x.shape, offset: 0, strides: strides, shape: shape, disjoint: true)
+    return [Tensor(shape: x.shape, floats: dx, dtype: x.dtype)]
   }
 }
