@@ -18,4 +18,18 @@ public enum Parallel {
       DispatchQueue.concurrentPerform(iterations: count) { shared($0) }
     }
   }
+
+  /// Runs `body` over `0..<count` split into a few contiguous ranges per thread, in parallel when
+  /// `work` (elements touched) is large enough, else as one range.
+  public static func forEachRange(_ count: Int, work: Int, _ body: (Range<Int>) -> Void) {
+    guard count > 1, work > 1 << 15, threads > 1 else {
+      if count > 0 { body(0..<count) }
+      return
+    }
+    let chunks = min(count, threads * 4)
+    forEach(chunks, work: work) { chunk in
+      let range = (count * chunk / chunks)..<(count * (chunk + 1) / chunks)
+      if !range.isEmpty { body(range) }
+    }
+  }
 }

@@ -38,7 +38,7 @@ struct Gather: Operator {
     return [T](unsafeUninitializedCapacity: total) { out, initialized in
       values.withUnsafeBufferPointer { source in
         let src = source.baseAddress!, dst = out.baseAddress!
-        Indexing.parallel(outer * picks.count, work: total) { range in
+        Parallel.forEachRange(outer * picks.count, work: total) { range in
           for row in range {
             let o = row / picks.count, pick = picks[row % picks.count]
             (dst + row * inner).initialize(from: src + (o * dim + pick) * inner, count: inner)
@@ -423,7 +423,7 @@ struct CumSum: Operator {
     guard n > 0, inner > 0 else { return }
     values.withUnsafeMutableBufferPointer { buffer in
       let data = buffer.baseAddress!
-      Indexing.parallel(outer, work: outer * n * inner) { range in
+      Parallel.forEachRange(outer, work: outer * n * inner) { range in
         var running = [T](repeating: 0, count: inner)
         for o in range {
           let start = data + o * n * inner
@@ -750,14 +750,6 @@ private enum Indexing {
     }
   }
 
-  /// Runs `body` over `0..<count` in contiguous chunks, spread over `Parallel.threads` when
-  /// `work` (elements touched) is large.
-  static func parallel(_ count: Int, work: Int, _ body: (Range<Int>) -> Void) {
-    let threads = Parallel.threads
-    guard work >= 1 << 16, count > 1, threads > 1 else { return body(0..<count) }
-    let chunks = min(count, threads * 4)
-    Parallel.forEach(chunks, work: work) { chunk in body(count * chunk / chunks..<count * (chunk + 1) / chunks) }
-  }
 }
 
 // MARK: - Gradients
@@ -871,7 +863,7 @@ extension Gather: DifferentiableOperator {
       dy.floats.withUnsafeBufferPointer { source in
         dx.withUnsafeMutableBufferPointer { target in
           let src = source.baseAddress!, dst = target.baseAddress!
-          Indexing.parallel(outer * columns, work: dy.count) { range in
+          Parallel.forEachRange(outer * columns, work: dy.count) { range in
             for task in range {
               let o = task / columns, part = task % columns
               let c0 = inner * part / columns, c1 = inner * (part + 1) / columns

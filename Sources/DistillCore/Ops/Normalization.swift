@@ -10,16 +10,6 @@ let normalizationOperators: [(String, any Operator.Type)] = [
   ("MeanVarianceNormalization", MeanVarianceNormalization.self),
 ]
 
-/// Runs `body` over `0..<count` split into contiguous ranges, on every core (`Parallel`) when
-/// `work` (elements touched) is large.
-private func normalizationParallel(_ count: Int, work: Int, _ body: (Range<Int>) -> Void) {
-  let chunks = min(count, max(1, Parallel.threads * 4))
-  Parallel.forEach(chunks, work: work) { chunk in
-    let range = (count * chunk / chunks)..<(count * (chunk + 1) / chunks)
-    if !range.isEmpty { body(range) }
-  }
-}
-
 /// An array of `count` floats left uninitialized, for outputs whose every element gets written
 /// (skips a zeroing pass over memory the kernel overwrites anyway).
 private func uninitializedFloats(_ count: Int) -> [Float] {
@@ -98,7 +88,7 @@ struct BatchNormalization: Operator {
         a.withUnsafeBufferPointer { a in
           c.withUnsafeBufferPointer { c in
             let planes = batch * groups
-            normalizationParallel(planes, work: x.count) { range in
+            Parallel.forEachRange(planes, work: x.count) { range in
               for plane in range {
                 let g = plane % groups, base = plane * run
                 let scale = a[g], shift = c[g]
@@ -184,7 +174,7 @@ struct InstanceNormalization: Operator {
     var y = uninitializedFloats(x.count)
     x.floats.withUnsafeBufferPointer { xs in
       y.withUnsafeMutableBufferPointer { ys in
-        normalizationParallel(x.count / max(size, 1), work: x.count) { range in
+        Parallel.forEachRange(x.count / max(size, 1), work: x.count) { range in
           for plane in range {
             let base = plane * size, c = plane % channels
             var sum: Double = 0
@@ -247,7 +237,7 @@ struct LayerNormalization: Operator {
           inverses.withUnsafeMutableBufferPointer { inverses in
             s.withUnsafeBufferPointer { s in
               b.withUnsafeBufferPointer { b in
-                normalizationParallel(rows, work: x.count) { range in
+                Parallel.forEachRange(rows, work: x.count) { range in
                   for row in range {
                     let base = row * n
                     var sum: Double = 0
@@ -417,7 +407,7 @@ extension BatchNormalization: DifferentiableOperator {
       x.floats.withUnsafeBufferPointer { xs in
         dy.withUnsafeBufferPointer { gs in
           planeSums.withUnsafeMutableBufferPointer { sums in
-            normalizationParallel(planes, work: x.count) { range in
+            Parallel.forEachRange(planes, work: x.count) { range in
               for plane in range {
                 let g = plane % groups, base = plane * run, mu = m[g]
                 var sum: Float = 0, dot: Float = 0
@@ -457,7 +447,7 @@ extension BatchNormalization: DifferentiableOperator {
         let zeros = [Float](repeating: 0, count: dy == nil ? run : 0)
         (dy ?? zeros).withUnsafeBufferPointer { gs in
           let step = dy == nil ? 0 : 1
-          normalizationParallel(planes, work: x.count) { range in
+          Parallel.forEachRange(planes, work: x.count) { range in
             for plane in range {
               let g = plane % groups, base = plane * run
               let p = p[g], q = q[g], r = r[g], mu = m[g]
@@ -494,7 +484,7 @@ extension InstanceNormalization: DifferentiableOperator {
       dy.floats.withUnsafeBufferPointer { gs in
         dx.withUnsafeMutableBufferPointer { dxs in
           sums.withUnsafeMutableBufferPointer { sums in
-            normalizationParallel(planes, work: 2 * x.count) { range in
+            Parallel.forEachRange(planes, work: 2 * x.count) { range in
               for plane in range {
                 let base = plane * size, c = plane % channels
                 var sum: Double = 0
@@ -618,7 +608,7 @@ extension LpNormalization: DifferentiableOperator {
       outputs[0].floats.withUnsafeBufferPointer { ys in
         dy.floats.withUnsafeBufferPointer { gs in
           dx.withUnsafeMutableBufferPointer { dxs in
-            normalizationParallel(outer, work: 3 * x.count) { range in
+            Parallel.forEachRange(outer, work: 3 * x.count) { range in
               var norms = [Float](repeating: 0, count: inner), dots = norms
               for o in range {
                 let base = o * n * inner

@@ -9,16 +9,6 @@ let poolingOperators: [(String, any Operator.Type)] = [
   ("GlobalMaxPool", GlobalPool.self), ("LpPool", Pool.self), ("MaxPool", Pool.self),
 ]
 
-/// Runs `body` over `0..<count` split into contiguous ranges, on every core (`Parallel`) when
-/// `work` (elements touched) is large.
-private func poolingParallel(_ count: Int, work: Int, _ body: (Range<Int>) -> Void) {
-  let chunks = min(count, max(1, Parallel.threads * 4))
-  Parallel.forEach(chunks, work: work) { chunk in
-    let range = (count * chunk / chunks)..<(count * (chunk + 1) / chunks)
-    if !range.isEmpty { body(range) }
-  }
-}
-
 /// `MaxPool`, `AveragePool` and `LpPool` over 1 to 3 spatial dims with `kernel_shape`, `strides`,
 /// `pads`, `auto_pad` (NOTSET, SAME_UPPER, SAME_LOWER, VALID), `ceil_mode` and `dilations`.
 /// With `ceil_mode` the output rounds up, but windows that would start in the right padding are
@@ -130,7 +120,7 @@ struct Pool: Operator {
     x.withUnsafeBufferPointer { xs in
       y.withUnsafeMutableBufferPointer { ys in
         indices.withUnsafeMutableBufferPointer { ids in
-          poolingParallel(planes, work: work) { range in
+          Parallel.forEachRange(planes, work: work) { range in
             geometry.maxWithIndices(xs.baseAddress!, ys.baseAddress!, ids.baseAddress!, range, lowest: lowest, columnMajor: columnMajor)
           }
         }
@@ -278,7 +268,7 @@ private struct PoolGeometry {
     return [Float](unsafeUninitializedCapacity: outCount) { y, initialized in
       x.withUnsafeBufferPointer { x in
         let x = x.baseAddress!, y = y.baseAddress!
-        poolingParallel(planes, work: work) { range in
+        Parallel.forEachRange(planes, work: work) { range in
           var columns = [Float](repeating: 0, count: width.size)
           columns.withUnsafeMutableBufferPointer { columns in
             for plane in range { poolPlane(reduction, x + plane * inPlane, y + plane * outPlane, columns.baseAddress!) }
@@ -412,7 +402,7 @@ struct GlobalPool: Operator {
     let kind = self.kind, p = self.p
     x.floats.withUnsafeBufferPointer { xs in
       y.withUnsafeMutableBufferPointer { ys in
-        poolingParallel(planes, work: x.count) { range in
+        Parallel.forEachRange(planes, work: x.count) { range in
           for plane in range {
             let values = UnsafeBufferPointer(rebasing: xs[(plane * size)..<((plane + 1) * size)])
             switch kind {
@@ -473,7 +463,7 @@ extension Pool: DifferentiableOperator {
       outputs[0].floats.withUnsafeBufferPointer { ys in
         dy.floats.withUnsafeBufferPointer { gs in
           dx.withUnsafeMutableBufferPointer { dxs in
-            poolingParallel(planes, work: x.count + dy.count * taps) { range in
+            Parallel.forEachRange(planes, work: x.count + dy.count * taps) { range in
               geometry.backward(
                 kind, countIncludePad: countIncludePad, p: p, xs.baseAddress!, ys.baseAddress!, gs.baseAddress!, dxs.baseAddress!, range,
                 taps: taps)
@@ -576,7 +566,7 @@ extension GlobalPool: DifferentiableOperator {
       outputs[0].floats.withUnsafeBufferPointer { ys in
         dy.floats.withUnsafeBufferPointer { gs in
           dx.withUnsafeMutableBufferPointer { dxs in
-            poolingParallel(planes, work: 2 * x.count) { range in
+            Parallel.forEachRange(planes, work: 2 * x.count) { range in
               for plane in range {
                 let base = plane * size, gradient = gs[plane]
                 switch kind {

@@ -345,7 +345,7 @@ private struct ReductionPlan {
     let rows = dims[0]
     guard outputStrides[0] != 0 && rows > 1 else { return body(dims, 0, 0) }
     let inputStride = inputStrides[0], outputStride = outputStrides[0]
-    reductionParallel(rows, work: total) { range in
+    Parallel.forEachRange(rows, work: total) { range in
       var slab = dims
       slab[0] = range.count
       body(slab, range.lowerBound * inputStride, range.lowerBound * outputStride)
@@ -367,16 +367,6 @@ private struct ReductionPlan {
         }
       }
     }
-  }
-}
-
-/// Runs `body` over `0..<count` split into contiguous ranges, on every core (`Parallel`) when
-/// `work` (elements touched) is large.
-private func reductionParallel(_ count: Int, work: Int, _ body: (Range<Int>) -> Void) {
-  let chunks = min(count, max(1, Parallel.threads * 4))
-  Parallel.forEach(chunks, work: work) { chunk in
-    let range = (count * chunk / chunks)..<(count * (chunk + 1) / chunks)
-    if !range.isEmpty { body(range) }
   }
 }
 
@@ -413,14 +403,14 @@ struct Softmax: Operator {
         let source = xs.baseAddress!, target = ys.baseAddress!
         let block = n * inner
         if inner == 1 {
-          reductionParallel(outer, work: x.count) { range in
+          Parallel.forEachRange(outer, work: x.count) { range in
             for row in range { Softmax.row(kind, source + row * n, target + row * n, n) }
           }
           return
         }
         // Strided slices: tasks are (block, column range) pairs, so few large blocks still split.
         let columnChunks = Swift.max(1, Swift.min(inner / 64, (Parallel.threads * 4 + outer - 1) / outer))
-        reductionParallel(outer * columnChunks, work: x.count) { range in
+        Parallel.forEachRange(outer * columnChunks, work: x.count) { range in
           var scratch = [Float](repeating: 0, count: 2 * (inner / columnChunks + 1))
           scratch.withUnsafeMutableBufferPointer { scratch in
             for task in range {
@@ -724,13 +714,13 @@ extension Softmax: DifferentiableOperator {
         dx.withUnsafeMutableBufferPointer { dxs in
           let y = ys.baseAddress!, g = gs.baseAddress!, d = dxs.baseAddress!
           if inner == 1 {
-            reductionParallel(outer, work: x.count) { range in
+            Parallel.forEachRange(outer, work: x.count) { range in
               for row in range { Softmax.rowGradient(kind, y + row * n, g + row * n, d + row * n, n) }
             }
             return
           }
           let columnChunks = Swift.max(1, Swift.min(inner / 64, (Parallel.threads * 4 + outer - 1) / outer))
-          reductionParallel(outer * columnChunks, work: x.count) { range in
+          Parallel.forEachRange(outer * columnChunks, work: x.count) { range in
             var sums = [Float](repeating: 0, count: inner / columnChunks + 1)
             sums.withUnsafeMutableBufferPointer { sums in
               for task in range {

@@ -15,18 +15,9 @@ private func presentInput(_ inputs: [Tensor?], _ index: Int?) -> Tensor? {
   return tensor
 }
 
-/// Runs `body(start, end)` over `0..<total` split into contiguous ranges, in parallel when `work`
-/// (roughly the number of elements touched) is large enough to pay for the threads.
+/// `Parallel.forEachRange` with the range as (start, end).
 private func forEachRange(_ total: Int, work: Int, _ body: (Int, Int) -> Void) {
-  guard total > 0 else { return }
-  let chunks = work >= 1 << 16 ? min(total, ProcessInfo.processInfo.activeProcessorCount * 4) : 1
-  if chunks <= 1 {
-    body(0, total)
-    return
-  }
-  DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
-    body(chunk * total / chunks, (chunk + 1) * total / chunks)
-  }
+  Parallel.forEachRange(total, work: work) { body($0.lowerBound, $0.upperBound) }
 }
 
 /// Keys' cubic convolution kernel with coefficient `a` (https://ieeexplore.ieee.org/document/1163711).
@@ -47,6 +38,40 @@ private struct ResizeAxisPlan {
   var index: [Int]
   var weight: [Float]
   var outside: [Bool]
+}
+
+/// The transpose of a `ResizeAxisPlan`: for each input position, the output positions that read it
+/// and their summed weights, `width` slots per input position (the most any has), nonzero entries
+/// first, unused slots (0, 0).
+private struct ResizeAxisReaders {
+  let width: Int
+  var source: [Int]
+  var weight: [Float]
+
+  init(_ plan: ResizeAxisPlan, inputLength: Int) {
+    var readers = [[(Int, Float)]](repeating: [], count: inputLength)
+    for position in 0..<plan.outputLength {
+      for t in position * plan.taps..<(position + 1) * plan.taps where plan.weight[t] != 0 {
+        let i = plan.index[t]
+        if let last = readers[i].last, last.0 == position {
+          readers[i][readers[i].count - 1].1 += plan.weight[t]
+        } else {
+          readers[i].append((position, plan.weight[t]))
+        }
+      }
+    }
+    // Taps whose weights cancel (exclude_outside edges) leave zeros, which would end a row's list.
+    for i in readers.indices { readers[i].removeAll { $0.1 == 0 } }
+    width = max(readers.map(\.count).max() ?? 1, 1)
+    source = [Int](repeating: 0, count: inputLength * width)
+    weight = [Float](repeating: 0, count: inputLength * width)
+    for (i, list) in readers.enumerated() {
+      for (e, (position, w)) in list.enumerated() {
+        source[i * width + e] = position
+        weight[i * width + e] = w
+      }
+    }
+  }
 }
 
 /// `Resize` (opset 10: `scales` only; 11+: `roi`, `scales`, `sizes`; 18+: `antialias`, `axes`,
@@ -150,8 +175,11 @@ struct Resize: Operator {
     sizesIndex = 3
   }
 
-  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
-    let x = try context.input(inputs, 0, "X")
+  /// The output shape and element count and the sampling plan of every axis that changes (nil for
+  /// axes copied unchanged), shared by `forward` and `backward`.
+  private func layout(_ x: Tensor, _ inputs: [Tensor?], _ context: ExecutionContext) throws
+    -> (outputShape: [Int], count: Int, plans: [ResizeAxisPlan?])
+  {
     let rank = x.rank
     let resized = try resizedAxes(rank, context)
 
@@ -227,6 +255,13 @@ struct Resize: Operator {
                            roiStart: roiStart[axis], roiEnd: roiEnd[axis])
       }
     }
+    return (outputShape, count, plans)
+  }
+
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
+    let x = try context.input(inputs, 0, "X")
+    let rank = x.rank
+    let (outputShape, count, plans) = try layout(x, inputs, context)
     if plans.allSatisfy({ $0 == nil }) {
       if count == x.count { return [x] }
       return [Tensor(zeros: outputShape, dtype: x.dtype)]
@@ -904,5 +939,423 @@ struct RoiAlign: Operator {
       }
     }
     return (max(perBin, 1), perBin)
+  }
+}
+
+// MARK: - Gradients
+
+extension Resize: DifferentiableOperator {
+  /// The transpose of the forward's sampling: every output gradient goes back to the source elements
+  /// it was read from, times the same interpolation weights (1 for nearest), from the same per-axis
+  /// plans (so every coordinate_transformation_mode, nearest_mode, cubic_coeff_a, exclude_outside and
+  /// antialias is covered). Extrapolated positions (tf_crop_and_resize) pass nothing back. Gradient
+  /// to X only; roi, scales and sizes get nil.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    let rest = inputs.dropFirst().map { _ -> Tensor? in nil }
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, dy.isFloat else { return [nil] + rest }
+    let (outputShape, _, plans) = try layout(x, inputs, context)
+    guard dy.shape == outputShape else {
+      throw context.error("output gradient is \(dy.shapeDescription), expected the output's shape \(Tensor(zeros: outputShape).shapeDescription)")
+    }
+    if plans.allSatisfy({ $0 == nil }) || x.count == 0 {
+      return [dy.shape == x.shape ? dy : Tensor(zeros: x.shape, dtype: x.dtype)] + rest
+    }
+    let rank = x.rank
+    let values: [Float]
+    if rank >= 2, plans.indices.allSatisfy({ plans[$0] == nil || $0 >= rank - 2 }) {
+      values = resizePlanesBackward(dy.floats, x.shape, rows: plans[rank - 2], columns: plans[rank - 1])
+    } else {
+      values = separableBackward(dy.floats, outputShape, x.shape, plans)
+    }
+    return [Tensor(shape: x.shape, floats: values, dtype: x.dtype)] + rest
+  }
+
+  /// The transpose of a resize of the last two axes, plane by plane in parallel, as gathers: each
+  /// input row first sums the output rows that read it (with their weights; a lone weight-1 row is
+  /// used in place), then each of its elements sums the columns that read it. Every input row is
+  /// written once, with no scattered read-modify-writes.
+  private func resizePlanesBackward(_ dy: [Float], _ inputShape: [Int], rows: ResizeAxisPlan?, columns: ResizeAxisPlan?) -> [Float] {
+    let rank = inputShape.count
+    let inputHeight = inputShape[rank - 2], inputWidth = inputShape[rank - 1]
+    let outputHeight = rows?.outputLength ?? inputHeight, outputWidth = columns?.outputLength ?? inputWidth
+    let planes = inputShape.dropLast(2).reduce(1, *)
+    let inputPlane = inputHeight * inputWidth, outputPlane = outputHeight * outputWidth
+    let rowReaders = ResizeAxisReaders(rows ?? identityPlan(inputHeight), inputLength: inputHeight)
+    let columnReaders = columns.map { ResizeAxisReaders($0, inputLength: inputWidth) }
+    let rowWidth = rowReaders.width, columnWidth = columnReaders?.width ?? 1
+    let columnSource = columnReaders?.source ?? [], columnWeight = columnReaders?.weight ?? []
+    // Every input row is written once: from its readers, or with zeros when it has none.
+    return [Float](unsafeUninitializedCapacity: planes * inputPlane) { resultBuffer, initialized in
+      dy.withUnsafeBufferPointer { gradientBuffer in
+        rowReaders.source.withUnsafeBufferPointer { rowSource in
+          rowReaders.weight.withUnsafeBufferPointer { rowWeight in
+            columnSource.withUnsafeBufferPointer { columnSource in
+              columnWeight.withUnsafeBufferPointer { columnWeight in
+                let gradient = gradientBuffer.baseAddress!, result = resultBuffer.baseAddress!
+                let work = planes * (inputHeight * rowWidth * outputWidth + inputPlane * columnWidth)
+                Parallel.forEach(planes, work: work) { plane in
+                  let source = gradient + plane * outputPlane, target = result + plane * inputPlane
+                  let buffer = UnsafeMutablePointer<Float>.allocate(capacity: max(outputWidth, 1))
+                  defer { buffer.deallocate() }
+                  for r in 0..<inputHeight {
+                    // Vertical: the weighted sum of the output rows that read input row r.
+                    let readers = r * rowWidth
+                    var count = 0
+                    while count < rowWidth && rowWeight[readers + count] != 0 { count += 1 }
+                    if count == 0 {
+                      (target + r * inputWidth).update(repeating: 0, count: inputWidth)
+                      continue
+                    }
+                    var row = UnsafePointer(source + rowSource[readers] * outputWidth)
+                    if count > 1 || rowWeight[readers] != 1 {
+                      // Two rows per pass over the buffer.
+                      var e = readers
+                      if count % 2 == 1 {
+                        let w0 = rowWeight[e]
+                        for k in 0..<outputWidth { buffer[k] = row[k] * w0 }
+                        e += 1
+                      } else {
+                        let next = source + rowSource[e + 1] * outputWidth, w0 = rowWeight[e], w1 = rowWeight[e + 1]
+                        for k in 0..<outputWidth { buffer[k] = row[k] * w0 + next[k] * w1 }
+                        e += 2
+                      }
+                      while e < readers + count {
+                        let a = source + rowSource[e] * outputWidth, b = source + rowSource[e + 1] * outputWidth
+                        let wa = rowWeight[e], wb = rowWeight[e + 1]
+                        for k in 0..<outputWidth { buffer[k] += a[k] * wa + b[k] * wb }
+                        e += 2
+                      }
+                      row = UnsafePointer(buffer)
+                    }
+                    // Horizontal: each input element sums the output columns that read it.
+                    let out = target + r * inputWidth
+                    if columnReaders == nil {
+                      out.update(from: row, count: inputWidth)
+                      continue
+                    }
+                    switch columnWidth {
+                    case 1:
+                      for j in 0..<inputWidth { out[j] = row[columnSource[j]] * columnWeight[j] }
+                    case 2:
+                      for j in 0..<inputWidth {
+                        out[j] = row[columnSource[2 * j]] * columnWeight[2 * j] + row[columnSource[2 * j + 1]] * columnWeight[2 * j + 1]
+                      }
+                    case 3:
+                      for j in 0..<inputWidth {
+                        let e = 3 * j
+                        out[j] = row[columnSource[e]] * columnWeight[e] + row[columnSource[e + 1]] * columnWeight[e + 1]
+                          + row[columnSource[e + 2]] * columnWeight[e + 2]
+                      }
+                    case 4:
+                      for j in 0..<inputWidth {
+                        let e = 4 * j
+                        out[j] = row[columnSource[e]] * columnWeight[e] + row[columnSource[e + 1]] * columnWeight[e + 1]
+                          + row[columnSource[e + 2]] * columnWeight[e + 2] + row[columnSource[e + 3]] * columnWeight[e + 3]
+                      }
+                    default:
+                      for j in 0..<inputWidth {
+                        var sum: Float = 0
+                        for e in j * columnWidth..<(j + 1) * columnWidth { sum += row[columnSource[e]] * columnWeight[e] }
+                        out[j] = sum
+                      }
+                    }
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      initialized = planes * inputPlane
+    }
+  }
+
+  /// The transpose of `separable`: the axes in reverse order, each scattering its output positions
+  /// back to their taps. Parallel over the blocks before the axis (and slices of the ones after it
+  /// when there are few blocks); each job writes its own part of the result.
+  private func separableBackward(_ dy: [Float], _ outputShape: [Int], _ inputShape: [Int], _ plans: [ResizeAxisPlan?]) -> [Float] {
+    var values = dy, shape = outputShape
+    for axis in shape.indices.reversed() {
+      guard let plan = plans[axis] else { continue }
+      let outer = shape[..<axis].reduce(1, *), inner = shape[(axis + 1)...].reduce(1, *)
+      let inputLength = inputShape[axis], outputLength = plan.outputLength, taps = plan.taps
+      let slices = outer >= 2 * Parallel.threads || inner < 256 ? 1 : min(inner / 128, 4 * Parallel.threads)
+      var result = [Float](repeating: 0, count: outer * inputLength * inner)
+      values.withUnsafeBufferPointer { sourceBuffer in
+        result.withUnsafeMutableBufferPointer { resultBuffer in
+          plan.index.withUnsafeBufferPointer { index in
+            plan.weight.withUnsafeBufferPointer { weight in
+              let source = sourceBuffer.baseAddress!, target = resultBuffer.baseAddress!
+              Parallel.forEach(outer * slices, work: outer * outputLength * inner * taps) { job in
+                let block = job / slices, slice = job - block * slices
+                let low = slice * inner / slices, high = (slice + 1) * inner / slices
+                let input = source + block * outputLength * inner, output = target + block * inputLength * inner
+                for position in 0..<outputLength {
+                  let g = input + position * inner
+                  for t in position * taps..<(position + 1) * taps {
+                    let w = weight[t]
+                    if w == 0 { continue }
+                    let out = output + index[t] * inner
+                    for k in low..<high { out[k] += g[k] * w }
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      values = result
+      shape[axis] = inputLength
+    }
+    return values
+  }
+}
+
+extension GridSample: DifferentiableOperator {
+  /// Gradient to X: each output gradient scattered to the taps it read with their bilinear, nearest
+  /// or bicubic weights (nothing to taps in the zero padding). Gradient to grid: the derivative of
+  /// the sample with respect to its position, through the interpolation weights, the unnormalization
+  /// (W/2 or (W-1)/2 with align_corners) and the padding (border clamping has slope 0, each
+  /// reflection flips the sign). Nearest sampling is piecewise constant in the grid: zero gradient.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], let grid = inputs[1], x.isFloat, grid.isFloat, x.rank == 4, grid.rank == 4
+    else { return [nil, nil] }
+    let (batch, channels, height, width) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    let points = grid.shape[1] * grid.shape[2]
+    guard dy.shape == [batch, channels, grid.shape[1], grid.shape[2]] else {
+      throw context.error("output gradient is \(dy.shapeDescription), expected [\(batch), \(channels), \(grid.shape[1]), \(grid.shape[2])]")
+    }
+    var inputGradient = [Float](repeating: 0, count: x.count), gridGradient = [Float](repeating: 0, count: grid.count)
+    let taps = mode == .nearest ? 1 : (mode == .linear ? 4 : 16)
+    let plane = height * width
+    guard dy.count > 0, plane > 0 else {
+      return [Tensor(shape: x.shape, floats: inputGradient, dtype: x.dtype), Tensor(shape: grid.shape, floats: gridGradient, dtype: grid.dtype)]
+    }
+    var index = [Int](repeating: 0, count: points * taps), weight = [Float](repeating: 0, count: points * taps)
+    var slopeX = weight, slopeY = weight
+    let chunks = max(min(channels, Parallel.threads), 1)
+    let partials = UnsafeMutablePointer<Float>.allocate(capacity: chunks * points * 2)
+    defer { partials.deallocate() }
+    for n in 0..<batch {
+      partials.update(repeating: 0, count: chunks * points * 2)
+      grid.floats.withUnsafeBufferPointer { g in
+        for point in 0..<points {
+          let gx = g[(n * points + point) * 2], gy = g[(n * points + point) * 2 + 1]
+          sampleTapsWithSlopes(gx, gy, width: width, height: height, index: &index, weight: &weight, slopeX: &slopeX, slopeY: &slopeY,
+                               at: point * taps)
+        }
+      }
+      dy.floats.withUnsafeBufferPointer { gradientBuffer in
+        x.floats.withUnsafeBufferPointer { sourceBuffer in
+          index.withUnsafeBufferPointer { index in
+            weight.withUnsafeBufferPointer { weight in
+              slopeX.withUnsafeBufferPointer { slopeX in
+                slopeY.withUnsafeBufferPointer { slopeY in
+                  inputGradient.withUnsafeMutableBufferPointer { inputBuffer in
+                    gridGradient.withUnsafeMutableBufferPointer { gridBuffer in
+                      let gradient = gradientBuffer.baseAddress! + n * channels * points
+                      let source = sourceBuffer.baseAddress! + n * channels * plane
+                      let inputTarget = inputBuffer.baseAddress! + n * channels * plane
+                      let gridTarget = gridBuffer.baseAddress! + n * points * 2
+                      // One pass per channel range: scatter into X's gradient, and sum the grid's
+                      // gradient into the range's own partial buffer (added up below).
+                      let nearest = mode == .nearest
+                      Parallel.forEach(chunks, work: channels * points * taps) { chunk in
+                        let partial = partials + chunk * points * 2
+                        for c in chunk * channels / chunks..<(chunk + 1) * channels / chunks {
+                          let g = gradient + c * points, input = source + c * plane, out = inputTarget + c * plane
+                          for point in 0..<points {
+                            let value = g[point]
+                            if value == 0 { continue }
+                            let range = point * taps..<(point + 1) * taps
+                            if nearest {
+                              for t in range { out[index[t]] += value * weight[t] }
+                              continue
+                            }
+                            var alongX: Float = 0, alongY: Float = 0
+                            for t in range {
+                              let i = index[t]
+                              out[i] += value * weight[t]
+                              let v = input[i]
+                              alongX += v * slopeX[t]
+                              alongY += v * slopeY[t]
+                            }
+                            partial[2 * point] += value * alongX
+                            partial[2 * point + 1] += value * alongY
+                          }
+                        }
+                      }
+                      if nearest { return }
+                      for chunk in 0..<chunks {
+                        let partial = partials + chunk * points * 2
+                        for k in 0..<points * 2 { gridTarget[k] += partial[k] }
+                      }
+                    }
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    return [Tensor(shape: x.shape, floats: inputGradient, dtype: x.dtype), Tensor(shape: grid.shape, floats: gridGradient, dtype: grid.dtype)]
+  }
+
+  /// `sampleTaps` with, for every tap, the derivatives of its weight with respect to the grid's
+  /// normalized x (`slopeX`) and y (`slopeY`).
+  private func sampleTapsWithSlopes(_ gx: Float, _ gy: Float, width: Int, height: Int, index: inout [Int], weight: inout [Float],
+                                    slopeX: inout [Float], slopeY: inout [Float], at offset: Int)
+  {
+    var x = unnormalize(gx, width), y = unnormalize(gy, height)
+    // d pixel / d normalized coordinate.
+    var scaleX = alignCorners ? Float(width - 1) / 2 : Float(width) / 2
+    var scaleY = alignCorners ? Float(height - 1) / 2 : Float(height) / 2
+    if mode == .nearest {
+      x = x.rounded(.toNearestOrEven)
+      y = y.rounded(.toNearestOrEven)
+    }
+    if !(mode == .cubic && padding == .border) {
+      scaleX *= adjustSlope(x, width)
+      scaleY *= adjustSlope(y, height)
+      x = adjust(x, width)
+      y = adjust(y, height)
+    }
+    switch mode {
+    case .nearest:
+      let (column, columnValid) = pixel(Int(x), width), (row, rowValid) = pixel(Int(y), height)
+      index[offset] = row * width + column
+      weight[offset] = columnValid && rowValid ? 1 : 0
+      slopeX[offset] = 0
+      slopeY[offset] = 0
+    case .linear, .cubic:
+      let n = mode == .linear ? 2 : 4
+      let x0 = x.rounded(.down), y0 = y.rounded(.down)
+      let fx = x - x0, fy = y - y0
+      let firstColumn = Int(x0) - (n == 4 ? 1 : 0), firstRow = Int(y0) - (n == 4 ? 1 : 0)
+      for i in 0..<n {
+        let (row, rowValid) = pixel(firstRow + i, height)
+        let wy = n == 2 ? (i == 0 ? 1 - fy : fy) : Float(cubicKernel(Double(fy) - Double(i - 1), -0.75))
+        let dwy = n == 2 ? (i == 0 ? -1 : 1) : Float(cubicKernelSlope(Double(fy) - Double(i - 1), -0.75))
+        for j in 0..<n {
+          let (column, columnValid) = pixel(firstColumn + j, width)
+          let wx = n == 2 ? (j == 0 ? 1 - fx : fx) : Float(cubicKernel(Double(fx) - Double(j - 1), -0.75))
+          let dwx = n == 2 ? (j == 0 ? -1 : 1) : Float(cubicKernelSlope(Double(fx) - Double(j - 1), -0.75))
+          let valid = rowValid && columnValid
+          index[offset + i * n + j] = row * width + column
+          weight[offset + i * n + j] = valid ? wy * wx : 0
+          slopeX[offset + i * n + j] = valid ? wy * dwx * scaleX : 0
+          slopeY[offset + i * n + j] = valid ? dwy * wx * scaleY : 0
+        }
+      }
+    }
+  }
+
+  /// The derivative of `adjust(value, length)` with respect to `value`: 1 inside the image (and
+  /// with zero padding), 0 where border padding clamps, ±1 for reflection (each flip negates).
+  @inline(__always) private func adjustSlope(_ value: Float, _ length: Int) -> Float {
+    let (low, high) = bounds(length)
+    guard value < low || value > high else { return 1 }
+    switch padding {
+    case .zeros: return 1
+    case .border: return 0
+    case .reflection:
+      let range = high - low
+      guard range > 0 else { return 0 }
+      let distance = value < low ? low - value : value - high
+      let flips = (distance / range).rounded(.down)
+      return flips.truncatingRemainder(dividingBy: 2) == 0 ? -1 : 1
+    }
+  }
+}
+
+/// The derivative of `cubicKernel(t, a)` with respect to t.
+@inline(__always)
+private func cubicKernelSlope(_ t: Double, _ a: Double) -> Double {
+  let x = abs(t), sign: Double = t < 0 ? -1 : 1
+  if x <= 1 { return sign * (3 * (a + 2) * x - 2 * (a + 3)) * x }
+  if x < 2 { return sign * ((3 * a * x - 10 * a) * x + 8 * a) }
+  return 0
+}
+
+extension RoiAlign: DifferentiableOperator {
+  /// Gradient to X: avg mode scatters each bin's gradient over the bilinear corners of its samples
+  /// (weights over the sample count); max mode sends it to the one weighted corner the forward took
+  /// (the first largest). Parallel over channel ranges, each recomputing the regions' sampling
+  /// tables, since regions of one image overlap. rois and batch_indices get nil.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, x.rank == 4, let rois = inputs[1], let batchIndices = inputs[2]
+    else { return [nil, nil, nil] }
+    let (channels, height, width) = (x.shape[1], x.shape[2], x.shape[3])
+    let roiCount = rois.shape[0], bins = outputHeight * outputWidth
+    guard dy.shape == [roiCount, channels, outputHeight, outputWidth] else {
+      throw context.error("output gradient is \(dy.shapeDescription), expected [\(roiCount), \(channels), \(outputHeight), \(outputWidth)]")
+    }
+    var result = [Float](repeating: 0, count: x.count)
+    let plane = height * width
+    guard dy.count > 0, plane > 0 else { return [Tensor(shape: x.shape, floats: result, dtype: x.dtype), nil, nil] }
+    let boxes = rois.asFloats, batchOf = batchIndices.asInts
+    let chunks = min(channels, Parallel.threads)
+    let average = average
+    dy.floats.withUnsafeBufferPointer { gradientBuffer in
+      x.floats.withUnsafeBufferPointer { sourceBuffer in
+        result.withUnsafeMutableBufferPointer { resultBuffer in
+          let gradient = gradientBuffer.baseAddress!, source = sourceBuffer.baseAddress!, target = resultBuffer.baseAddress!
+          Parallel.forEach(chunks, work: dy.count * 16) { chunk in
+            let first = chunk * channels / chunks, end = (chunk + 1) * channels / chunks
+            var index: [Int] = [], weight: [Float] = []
+            for roi in 0..<roiCount {
+              let (sampleCount, perBin) = precompute(boxes, roi, height: height, width: width, index: &index, weight: &weight)
+              guard perBin > 0 else { continue }
+              let scale = 1 / Float(sampleCount), tapsPerBin = 4 * perBin
+              let image = Int(batchOf[roi]) * channels
+              index.withUnsafeBufferPointer { index in
+                weight.withUnsafeBufferPointer { weight in
+                  for c in first..<end {
+                    let input = source + (image + c) * plane, out = target + (image + c) * plane
+                    let g = gradient + (roi * channels + c) * bins
+                    for bin in 0..<bins {
+                      let value = g[bin]
+                      if value == 0 { continue }
+                      let taps = bin * tapsPerBin..<(bin + 1) * tapsPerBin
+                      if average {
+                        let scaled = value * scale
+                        for t in taps { out[index[t]] += weight[t] * scaled }
+                      } else {
+                        // The best sample without branches (a data-dependent branch per sample
+                        // would mispredict half the time), then its best corner: the first largest.
+                        var bestValue = -Float.infinity, bestSample = taps.lowerBound, t = taps.lowerBound
+                        while t < taps.upperBound {
+                          let v0 = weight[t] * input[index[t]], v1 = weight[t + 1] * input[index[t + 1]]
+                          let v2 = weight[t + 2] * input[index[t + 2]], v3 = weight[t + 3] * input[index[t + 3]]
+                          let m = max(max(v0, v1), max(v2, v3))
+                          bestSample = m > bestValue ? t : bestSample
+                          bestValue = max(bestValue, m)
+                          t += 4
+                        }
+                        // The first of its corners that attains it, counted without branches.
+                        @inline(__always) func misses(_ k: Int) -> Int {
+                          Int(unsafeBitCast(weight[k] * input[index[k]] != bestValue, to: UInt8.self))
+                        }
+                        let miss0 = misses(bestSample), miss1 = miss0 & misses(bestSample + 1)
+                        let best = bestSample + miss0 + miss1 + (miss1 & misses(bestSample + 2))
+                        out[index[best]] += weight[best] * value
+                      }
+                    }
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    return [Tensor(shape: x.shape, floats: result, dtype: x.dtype), nil, nil]
   }
 }

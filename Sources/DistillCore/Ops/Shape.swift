@@ -263,7 +263,7 @@ struct Concat: Operator {
         if block > 0 {
           part.withUnsafeBufferPointer { source in
             let src = source.baseAddress!, dst = out.baseAddress! + start
-            Layout.parallel(outer, work: block * outer) { range in
+            Parallel.forEachRange(outer, work: block * outer) { range in
               for o in range { (dst + o * row).initialize(from: src + o * block, count: block) }
             }
           }
@@ -542,7 +542,7 @@ struct Pad: Operator {
     return [T](unsafeUninitializedCapacity: total) { out, initialized in
       values.withUnsafeBufferPointer { source in
         let dst = out.baseAddress!
-        Layout.parallel(rows, work: total) { range in
+        Parallel.forEachRange(rows, work: total) { range in
           var counter = [Int](repeating: 0, count: rank - 1)
           var rest = range.lowerBound
           for axis in stride(from: rank - 2, through: 0, by: -1) {
@@ -651,15 +651,6 @@ private enum Layout {
     return axis < 0 ? axis + rank : axis
   }
 
-  /// Runs `body` over `0..<count` in contiguous chunks, spread over `Parallel.threads` when
-  /// `work` (elements touched) is large.
-  static func parallel(_ count: Int, work: Int, _ body: (Range<Int>) -> Void) {
-    let threads = Parallel.threads
-    guard work >= 1 << 16, count > 1, threads > 1 else { return body(0..<count) }
-    let chunks = min(count, threads * 4)
-    Parallel.forEach(chunks, work: work) { chunk in body(count * chunk / chunks..<count * (chunk + 1) / chunks) }
-  }
-
   /// A row-major array of `shape` whose element at index `i` is `source[offset + Σ i[a] * strides[a]]`
   /// (strides may be 0 or negative). Axes that are contiguous in the source are merged first, so
   /// the inner loop is a block copy whenever it can be.
@@ -690,7 +681,7 @@ private enum Layout {
     let outerDims = dims, outerSteps = steps
     return [T](unsafeUninitializedCapacity: total) { out, initialized in
       let dst = out.baseAddress!
-      parallel(rows, work: total) { range in
+      Parallel.forEachRange(rows, work: total) { range in
         var counter = [Int](repeating: 0, count: outerDims.count)
         var base = offset, rest = range.lowerBound
         for axis in outerDims.indices.reversed() {
@@ -739,7 +730,7 @@ extension Layout {
     let total = batches * rows * columns
     return [T](unsafeUninitializedCapacity: total) { out, initialized in
       let dst = out.baseAddress!
-      parallel(batches * rowTiles, work: total) { range in
+      Parallel.forEachRange(batches * rowTiles, work: total) { range in
         for task in range {
           let batch = task / rowTiles, r0 = task % rowTiles * tile, r1 = min(r0 + tile, rows)
           var base = offset, rest = batch
@@ -850,7 +841,7 @@ extension Layout {
         }
       }
     }
-    if disjoint { parallel(rows, work: total, body) } else { body(0..<rows) }
+    if disjoint { Parallel.forEachRange(rows, work: total, body) } else { body(0..<rows) }
   }
 
   /// The gradient of a strided view `y[i] = x[offset + Σ i[a] * strides[a]]` (Slice, DepthToSpace,
@@ -876,7 +867,7 @@ extension Layout {
     values.withUnsafeBufferPointer { source in
       result.withUnsafeMutableBufferPointer { target in
         let src = source.baseAddress!, dst = target.baseAddress!
-        parallel(outer * columns, work: values.count) { range in
+        Parallel.forEachRange(outer * columns, work: values.count) { range in
           for task in range {
             let o = task / columns, part = task % columns
             let c0 = inner * part / columns, c1 = inner * (part + 1) / columns
@@ -1028,7 +1019,7 @@ extension Tile: DifferentiableOperator {
     grouped.withUnsafeBufferPointer { source in
       dx.withUnsafeMutableBufferPointer { target in
         let src = source.baseAddress!, dst = target.baseAddress!
-        Layout.parallel(chunks, work: grouped.count) { range in
+        Parallel.forEachRange(chunks, work: grouped.count) { range in
           for chunk in range {
             let c0 = size * chunk / chunks, c1 = size * (chunk + 1) / chunks
             for copy in 0..<copies {
