@@ -121,4 +121,31 @@ final class InterpreterTests: XCTestCase {
     XCTAssertEqual(plain.shape, [1, 3, 5, 5])
     XCTAssertEqual(plain.floats, fused.floats)
   }
+
+  /// A batch large enough to convolve one image per thread gives what each image alone gives.
+  func testBatchedConvolutionMatchesSingleImages() throws {
+    let model = singleNodeModel(
+      Node(name: "conv", opType: "Conv", inputs: ["x", "w", "b"], outputs: ["y"], attributes: [Attribute(name: "pads", value: .ints([1, 1, 1, 1]))]),
+      inputs: [tensorInput("x", .float, [nil, 16, 32, 32]), tensorInput("w", .float, [32, 16, 3, 3]), tensorInput("b", .float, [32])])
+    let interpreter = try Interpreter(model: model)
+    var state: UInt32 = 1
+    func random(_ count: Int) -> [Float] {
+      (0..<count).map { _ in
+        state = state &* 1_664_525 &+ 1_013_904_223
+        return Float(state >> 8) / Float(1 << 24) - 0.5
+      }
+    }
+    let w = Tensor(shape: [32, 16, 3, 3], floats: random(32 * 16 * 9)), b = Tensor(shape: [32], floats: random(32))
+    let image = 16 * 32 * 32
+    let x = Tensor(shape: [4, 16, 32, 32], floats: random(4 * image))
+    let batched = try interpreter.run(["x": x, "w": w, "b": b]).outputs[0]
+    XCTAssertEqual(batched.shape, [4, 32, 32, 32])
+    for n in 0..<4 {
+      let single = Tensor(shape: [1, 16, 32, 32], floats: Array(x.floats[(n * image)..<((n + 1) * image)]))
+      let alone = try interpreter.run(["x": single, "w": w, "b": b]).outputs[0]
+      let slice = Array(batched.floats[(n * alone.count)..<((n + 1) * alone.count)])
+      let worst = zip(slice, alone.floats).map { abs($0 - $1) }.max() ?? 0
+      XCTAssertLessThan(worst, 1e-4, "image \(n)")
+    }
+  }
 }

@@ -181,6 +181,10 @@ struct Conv: Operator {
   }
 
   /// Per image and group: Y_g [M/g, out] = W_g [M/g, C/g*k] x col [C/g*k, out].
+  ///
+  /// With at least as many images as threads, each thread convolves whole images with a
+  /// single-threaded sgemm: no hand-offs between OpenBLAS's threads and ours, and im2col runs in
+  /// parallel for free. Fewer images share each sgemm across OpenBLAS's threads instead.
   static func gemmConvolution(
     _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, batch: Int, channels: Int,
     filters: Int, group: Int, accumulate: Bool = false, _ g: ConvGeometry
@@ -189,21 +193,36 @@ struct Conv: Operator {
     let rows = groupChannels * g.kernelSize
     let columns = g.outputSize
     let pointwise = g.isPointwise
-    let col = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
-    defer { col?.deallocate() }
-    for n in 0..<batch {
+    func convolve(image n: Int, col: UnsafeMutablePointer<Float>?, parallelUnfold: Bool) {
       for k in 0..<group {
         let image = x + (n * channels + k * groupChannels) * g.inputSize
-        if let col { im2col(image, col, channels: groupChannels, g) }
+        if let col { im2col(image, col, channels: groupChannels, g, parallel: parallelUnfold) }
         BLAS.sgemm(
           m: groupFilters, n: columns, k: rows, a: w + k * groupFilters * rows, lda: rows, b: col.map { UnsafePointer($0) } ?? image,
           ldb: columns, beta: accumulate ? 1 : 0, c: y + (n * filters + k * groupFilters) * columns, ldc: columns)
       }
     }
+    let threads = Parallel.threads
+    if batch >= threads && threads > 1 && filters * rows * columns * batch > 1 << 20 {
+      let blasThreads = BLAS.threads
+      BLAS.threads = 1
+      defer { BLAS.threads = blasThreads }
+      Parallel.forEach(threads, work: .max) { worker in
+        let col = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
+        defer { col?.deallocate() }
+        for n in stride(from: worker, to: batch, by: threads) { convolve(image: n, col: col, parallelUnfold: false) }
+      }
+      return
+    }
+    let col = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
+    defer { col?.deallocate() }
+    for n in 0..<batch { convolve(image: n, col: col, parallelUnfold: true) }
   }
 
   /// Unfolds the receptive fields of `channels` planes into rows of `col` (zero outside the image).
-  static func im2col(_ image: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>, channels: Int, _ g: ConvGeometry) {
+  static func im2col(
+    _ image: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>, channels: Int, _ g: ConvGeometry, parallel: Bool = true
+  ) {
     let kernelSize = g.kernelSize
     let columns = g.outputSize
     let rows = channels * kernelSize
@@ -239,7 +258,7 @@ struct Conv: Operator {
           if last < ow { (line + last).update(repeating: 0, count: ow - last) }
         }
       }
-      Parallel.forEach(rows, work: rows * columns, work)
+      Parallel.forEach(rows, work: parallel ? rows * columns : 0, work)
       return
     }
     // Any spatial rank: walk every (channel, kernel offset) row and every output position.
