@@ -37,6 +37,8 @@ test: deps python-deps
 	$(SWIFT) test --skip-build --disable-swift-testing
 	python3 tools/check_roundtrip.py $(DISTILL_DEBUG) $$(ls Tests/Fixtures/models/*/model.onnx | grep -v attributes_custom_op)
 	python3 tools/check_parity.py $(DISTILL_DEBUG) $$(ls -d Tests/Fixtures/models/*/ | grep -v attributes_custom_op)
+	python3 tools/check_export.py $(DISTILL_DEBUG) Tests/Fixtures/models/tiny_fpn/model.onnx \
+	  Tests/Fixtures/models/constant_weights/model.onnx Tests/Fixtures/models/external_data/model.onnx
 	@if python3 -c "import torch, torchvision" 2>/dev/null; then \
 	  python3 tools/export_detectors.py .build-fixtures/detectors && \
 	  python3 tools/check_roundtrip.py $(DISTILL_DEBUG) .build-fixtures/detectors/*/model.onnx && \
