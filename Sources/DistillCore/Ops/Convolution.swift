@@ -23,6 +23,33 @@ struct ConvGeometry {
   var isPointwise: Bool {
     kernel.allSatisfy { $0 == 1 } && strides.allSatisfy { $0 == 1 } && pads.allSatisfy { $0 == 0 }
   }
+
+  /// For row `row` of the unfolded (im2col) matrix, one (channel, kernel offset) pair, calls
+  /// `body(column, offset)` for each output position whose tap falls inside the input, with the
+  /// tap's element offset in the channel's input plane. Any spatial rank.
+  func forEachTap(row: Int, _ body: (Int, Int) -> Void) {
+    let rank = spatialRank
+    let inputStrides = Tensor.strides(of: input), outputStrides = Tensor.strides(of: output)
+    let kernelStrides = Tensor.strides(of: kernel)
+    var tap = [Int](repeating: 0, count: rank)
+    var rest = row % kernelSize
+    for axis in 0..<rank {
+      tap[axis] = rest / kernelStrides[axis]
+      rest %= kernelStrides[axis]
+    }
+    columns: for column in 0..<outputSize {
+      var rest = column
+      var offset = 0
+      for axis in 0..<rank {
+        let o = rest / outputStrides[axis]
+        rest %= outputStrides[axis]
+        let position = o * strides[axis] - pads[axis] + tap[axis] * dilations[axis]
+        if position < 0 || position >= input[axis] { continue columns }
+        offset += position * inputStrides[axis]
+      }
+      body(column, offset)
+    }
+  }
 }
 
 /// Attributes common to Conv and ConvTranspose.
@@ -261,33 +288,13 @@ struct Conv: Operator {
       Parallel.forEach(rows, work: parallel ? rows * columns : 0, work)
       return
     }
-    // Any spatial rank: walk every (channel, kernel offset) row and every output position.
-    let rank = g.spatialRank
-    let inputStrides = Tensor.strides(of: g.input)
-    let kernelStrides = Tensor.strides(of: g.kernel)
-    let outputStrides = Tensor.strides(of: g.output)
+    // Any spatial rank.
+    let inputSize = g.inputSize
     for row in 0..<rows {
-      let c = row / kernelSize
-      var kernelIndex = [Int](repeating: 0, count: rank)
-      var rest = row % kernelSize
-      for axis in 0..<rank {
-        kernelIndex[axis] = rest / kernelStrides[axis]
-        rest %= kernelStrides[axis]
-      }
-      let plane = image + c * g.inputSize
-      for column in 0..<columns {
-        var rest = column
-        var offset = 0
-        var inside = true
-        for axis in 0..<rank {
-          let o = rest / outputStrides[axis]
-          rest %= outputStrides[axis]
-          let position = o * g.strides[axis] - g.pads[axis] + kernelIndex[axis] * g.dilations[axis]
-          if position < 0 || position >= g.input[axis] { inside = false; break }
-          offset += position * inputStrides[axis]
-        }
-        col[row * columns + column] = inside ? plane[offset] : 0
-      }
+      let plane = image + (row / kernelSize) * inputSize
+      let line = col + row * columns
+      line.update(repeating: 0, count: columns)
+      g.forEachTap(row: row) { column, offset in line[column] = plane[offset] }
     }
   }
 
@@ -431,34 +438,11 @@ struct ConvTranspose: Operator {
   /// Adds each column of `col` (one per input position) into the output positions it covers:
   /// the adjoint of im2col.
   static func col2im(_ col: UnsafePointer<Float>, _ image: UnsafeMutablePointer<Float>, channels: Int, _ g: ConvGeometry) {
-    let rank = g.spatialRank
-    let kernelStrides = Tensor.strides(of: g.kernel)
-    let inputStrides = Tensor.strides(of: g.input)
-    let outputStrides = Tensor.strides(of: g.output)
-    let columns = g.inputSize
-    for row in 0..<(channels * g.kernelSize) {
-      let c = row / g.kernelSize
-      var kernelIndex = [Int](repeating: 0, count: rank)
-      var rest = row % g.kernelSize
-      for axis in 0..<rank {
-        kernelIndex[axis] = rest / kernelStrides[axis]
-        rest %= kernelStrides[axis]
-      }
-      let plane = image + c * g.outputSize
-      let source = col + row * columns
-      for column in 0..<columns {
-        var rest = column
-        var offset = 0
-        var inside = true
-        for axis in 0..<rank {
-          let i = rest / inputStrides[axis]
-          rest %= inputStrides[axis]
-          let position = i * g.strides[axis] - g.pads[axis] + kernelIndex[axis] * g.dilations[axis]
-          if position < 0 || position >= g.output[axis] { inside = false; break }
-          offset += position * outputStrides[axis]
-        }
-        if inside { plane[offset] += source[column] }
-      }
+    let unfold = g.transposed
+    for row in 0..<(channels * unfold.kernelSize) {
+      let plane = image + (row / unfold.kernelSize) * unfold.inputSize
+      let source = col + row * unfold.outputSize
+      unfold.forEachTap(row: row) { column, offset in plane[offset] += source[column] }
     }
   }
 }

@@ -15,7 +15,6 @@ extension Tensor {
   public func summed(to target: [Int]) -> Tensor {
     if shape == target { return self }
     precondition(isFloat, "gradients are floating point")
-    let offset = shape.count - target.count
     // Output element i maps to the input element whose index drops the broadcast axes.
     let targetStrides = Broadcast.strides(of: target, broadcastTo: shape)
     var result = [Float](repeating: 0, count: target.reduce(1, *))
@@ -31,7 +30,6 @@ extension Tensor {
         }
       }
     }
-    _ = offset
     return Tensor(shape: target, floats: result, dtype: dtype)
   }
 
