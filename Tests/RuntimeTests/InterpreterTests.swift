@@ -140,12 +140,25 @@ final class InterpreterTests: XCTestCase {
     let x = Tensor(shape: [4, 16, 32, 32], floats: random(4 * image))
     let batched = try interpreter.run(["x": x, "w": w, "b": b]).outputs[0]
     XCTAssertEqual(batched.shape, [4, 32, 32, 32])
+    // Backward too: the batch's dW is the sum of the images' dW, its dX theirs side by side.
+    let training = try Interpreter(model: model, fuse: false)
+    let seed = Tensor(shape: [4, 32, 32, 32], floats: random(4 * 32 * 32 * 32))
+    let batchGradients = try training.record(["x": x, "w": w, "b": b]).gradients(seeds: ["y": seed], targets: ["x", "w"])
+    var summed = [Float](repeating: 0, count: w.count)
     for n in 0..<4 {
       let single = Tensor(shape: [1, 16, 32, 32], floats: Array(x.floats[(n * image)..<((n + 1) * image)]))
       let alone = try interpreter.run(["x": single, "w": w, "b": b]).outputs[0]
       let slice = Array(batched.floats[(n * alone.count)..<((n + 1) * alone.count)])
       let worst = zip(slice, alone.floats).map { abs($0 - $1) }.max() ?? 0
       XCTAssertLessThan(worst, 1e-4, "image \(n)")
+      let output = 32 * 32 * 32
+      let imageSeed = Tensor(shape: [1, 32, 32, 32], floats: Array(seed.floats[(n * output)..<((n + 1) * output)]))
+      let imageGradients = try training.record(["x": single, "w": w, "b": b]).gradients(seeds: ["y": imageSeed], targets: ["x", "w"])
+      let dx = Array(batchGradients["x"]!.floats[(n * image)..<((n + 1) * image)])
+      XCTAssertLessThan(zip(dx, imageGradients["x"]!.floats).map { abs($0 - $1) }.max() ?? 0, 1e-4, "dX of image \(n)")
+      for index in summed.indices { summed[index] += imageGradients["w"]!.floats[index] }
     }
+    let worstWeight = zip(summed, batchGradients["w"]!.floats).map { abs($0 - $1) / (1 + abs($1)) }.max() ?? 0
+    XCTAssertLessThan(worstWeight, 1e-4, "dW")
   }
 }

@@ -572,8 +572,6 @@ extension Conv: DifferentiableOperator {
     let g = try geometry(x, w, context)
     let group = attributes.group
     let (batch, channels, filters) = (x.shape[0], x.shape[1], w.shape[0])
-    let groupChannels = channels / group, groupFilters = filters / group
-    let rows = groupChannels * g.kernelSize, columns = g.outputSize
     var dx = [Float](repeating: 0, count: x.count)
     var dw = [Float](repeating: 0, count: w.count)
     let depthwise = group == channels && w.shape[1] == 1 && g.spatialRank == 2
@@ -588,38 +586,9 @@ extension Conv: DifferentiableOperator {
                   channels: channels, filters: filters, g)
                 return
               }
-              let col = UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
-              defer { col.deallocate() }
-              for n in 0..<batch {
-                for k in 0..<group {
-                  let image = px.baseAddress! + (n * channels + k * groupChannels) * g.inputSize
-                  let gradient = pdy.baseAddress! + (n * filters + k * groupFilters) * columns
-                  let weights = pw.baseAddress! + k * groupFilters * rows
-                  // dW_g += dY_g x col^T
-                  if g.isPointwise {
-                    BLAS.sgemm(
-                      transposeB: true, m: groupFilters, n: rows, k: columns, a: gradient, lda: columns, b: image, ldb: columns,
-                      beta: 1, c: pdw.baseAddress! + k * groupFilters * rows, ldc: rows)
-                  } else {
-                    Conv.im2col(image, col, channels: groupChannels, g)
-                    BLAS.sgemm(
-                      transposeB: true, m: groupFilters, n: rows, k: columns, a: gradient, lda: columns, b: col, ldb: columns,
-                      beta: 1, c: pdw.baseAddress! + k * groupFilters * rows, ldc: rows)
-                  }
-                  // dX_g += col2im(W_g^T x dY_g)
-                  let target = pdx.baseAddress! + (n * channels + k * groupChannels) * g.inputSize
-                  if g.isPointwise {
-                    BLAS.sgemm(
-                      transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns,
-                      beta: 1, c: target, ldc: columns)
-                  } else {
-                    BLAS.sgemm(
-                      transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns,
-                      c: col, ldc: columns)
-                    Conv.col2im(col, target, channels: groupChannels, g)
-                  }
-                }
-              }
+              Conv.gemmBackward(
+                px.baseAddress!, pw.baseAddress!, pdy.baseAddress!, pdx.baseAddress!, pdw.baseAddress!, batch: batch,
+                channels: channels, filters: filters, group: group, g)
             }
           }
         }
@@ -627,9 +596,70 @@ extension Conv: DifferentiableOperator {
     }
     var gradients: [Tensor?] = [Tensor(shape: x.shape, floats: dx, dtype: x.dtype), Tensor(shape: w.shape, floats: dw, dtype: w.dtype)]
     if inputs.count > 2, let bias = inputs[2] {
-      gradients.append(Tensor(shape: bias.shape, floats: Conv.sumPlanes(dy.floats, batch: batch, filters: filters, size: columns), dtype: bias.dtype))
+      gradients.append(Tensor(shape: bias.shape, floats: Conv.sumPlanes(dy.floats, batch: batch, filters: filters, size: g.outputSize), dtype: bias.dtype))
     }
     return gradients + Array(repeating: nil, count: max(0, inputs.count - gradients.count))
+  }
+
+  /// dW and dX of a gemm convolution: per image and group, dW_g += dY_g x col^T and
+  /// dX_g += col2im(W_g^T x dY_g). As in the forward, a batch of at least one image per thread runs
+  /// whole images per thread on a single-threaded sgemm, each thread summing into its own dW.
+  static func gemmBackward(
+    _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+    _ dw: UnsafeMutablePointer<Float>, batch: Int, channels: Int, filters: Int, group: Int, _ g: ConvGeometry
+  ) {
+    let groupChannels = channels / group, groupFilters = filters / group
+    let rows = groupChannels * g.kernelSize, columns = g.outputSize
+    let weightCount = filters * rows
+    func backward(image n: Int, col: UnsafeMutablePointer<Float>, into weightGradient: UnsafeMutablePointer<Float>, parallelUnfold: Bool) {
+      for k in 0..<group {
+        let image = x + (n * channels + k * groupChannels) * g.inputSize
+        let gradient = dy + (n * filters + k * groupFilters) * columns
+        let weights = w + k * groupFilters * rows
+        let target = dx + (n * channels + k * groupChannels) * g.inputSize
+        if g.isPointwise {
+          BLAS.sgemm(
+            transposeB: true, m: groupFilters, n: rows, k: columns, a: gradient, lda: columns, b: image, ldb: columns, beta: 1,
+            c: weightGradient + k * groupFilters * rows, ldc: rows)
+          BLAS.sgemm(
+            transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns, beta: 1,
+            c: target, ldc: columns)
+        } else {
+          im2col(image, col, channels: groupChannels, g, parallel: parallelUnfold)
+          BLAS.sgemm(
+            transposeB: true, m: groupFilters, n: rows, k: columns, a: gradient, lda: columns, b: col, ldb: columns, beta: 1,
+            c: weightGradient + k * groupFilters * rows, ldc: rows)
+          BLAS.sgemm(
+            transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns, c: col,
+            ldc: columns)
+          col2im(col, target, channels: groupChannels, g, parallel: parallelUnfold)
+        }
+      }
+    }
+    let threads = Parallel.threads
+    if batch >= threads && threads > 1 && weightCount * columns * batch > 1 << 20 {
+      let blasThreads = BLAS.threads
+      BLAS.threads = 1
+      defer { BLAS.threads = blasThreads }
+      let partials = UnsafeMutablePointer<Float>.allocate(capacity: threads * weightCount)
+      partials.initialize(repeating: 0, count: threads * weightCount)
+      defer { partials.deallocate() }
+      Parallel.forEach(threads, work: .max) { worker in
+        let col = UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
+        defer { col.deallocate() }
+        for n in stride(from: worker, to: batch, by: threads) {
+          backward(image: n, col: col, into: partials + worker * weightCount, parallelUnfold: false)
+        }
+      }
+      for worker in 0..<threads {
+        let partial = partials + worker * weightCount
+        for index in 0..<weightCount { dw[index] += partial[index] }
+      }
+      return
+    }
+    let col = UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
+    defer { col.deallocate() }
+    for n in 0..<batch { backward(image: n, col: col, into: dw, parallelUnfold: true) }
   }
 
   /// Per-filter sums of an [N, M, size] gradient (the bias gradient).
@@ -649,7 +679,9 @@ extension Conv: DifferentiableOperator {
   }
 
   /// Adds each row of `col` back onto the image positions its im2col row read from.
-  static func col2im(_ col: UnsafePointer<Float>, _ image: UnsafeMutablePointer<Float>, channels: Int, _ g: ConvGeometry) {
+  static func col2im(
+    _ col: UnsafePointer<Float>, _ image: UnsafeMutablePointer<Float>, channels: Int, _ g: ConvGeometry, parallel: Bool = true
+  ) {
     guard g.spatialRank == 2 else {
       ConvTranspose.col2im(col, image, channels: channels, g.transposed)
       return
@@ -662,7 +694,7 @@ extension Conv: DifferentiableOperator {
     let (dh, dw) = (g.dilations[0], g.dilations[1])
     let (ph, pw) = (g.pads[0], g.pads[1])
     // Each channel's rows write only into that channel's plane: channels run in parallel.
-    Parallel.forEach(channels, work: channels * kernelSize * columns) { c in
+    Parallel.forEach(channels, work: parallel ? channels * kernelSize * columns : 0) { c in
       let plane = image + c * ih * iw
       for kernelIndex in 0..<kernelSize {
         let i = kernelIndex / kw, j = kernelIndex % kw
