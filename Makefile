@@ -53,7 +53,7 @@ demo: release
 	$(DISTILL) inspect models/tiny_fpn.onnx
 	$(DISTILL) run models/tiny_fpn.onnx --input images=models/demo.jpg --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \
 	  --tap fpn/p3_out --tap fpn/p4_out --tap fpn/p5_out
-	$(DISTILL) bench models/tiny_fpn.onnx --input images=8x3x64x64 --runs 5
+	$(DISTILL) bench models/tiny_fpn.onnx --runs 20
 	@mkdir -p .build/demo
 	$(DISTILL) export models/tiny_fpn.onnx --out .build/demo/tiny_fpn.onnx
 	@cmp models/tiny_fpn.onnx .build/demo/tiny_fpn.onnx && echo "demo: the exported model is byte-identical to models/tiny_fpn.onnx"
