@@ -68,12 +68,6 @@ struct Bench: ParsableCommand {
       times.append(time)
       FileHandle.standardError.write(Data("run \(pass + 1)/\(runs): \(String(format: "%.1f", time)) ms\n".utf8))
     }
-    if let spent = interpreter.profile {
-      let total = spent.values.reduce(0, +)
-      for (op, ms) in spent.sorted(by: { $0.value > $1.value }) {
-        FileHandle.standardError.write(Data(String(format: "%-24@ %10.1f ms %5.1f%%\n", op as NSString, ms / Double(runs), ms / total * 100).utf8))
-      }
-    }
     func median(_ values: [Double]) -> Double {
       let sorted = values.sorted()
       return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
@@ -92,6 +86,12 @@ struct Bench: ParsableCommand {
         }
         trainTimes.append(time)
         FileHandle.standardError.write(Data("train step \(pass + 1)/\(runs): \(String(format: "%.1f", time)) ms\n".utf8))
+      }
+    }
+    if let spent = interpreter.profile {
+      let total = spent.values.reduce(0, +)
+      for (op, ms) in spent.sorted(by: { $0.value > $1.value }) {
+        FileHandle.standardError.write(Data(String(format: "%-24@ %10.1f ms %5.1f%%\n", op as NSString, ms / Double(runs), ms / total * 100).utf8))
       }
     }
     let sorted = times.sorted()

@@ -587,8 +587,8 @@ extension Conv: DifferentiableOperator {
                 return
               }
               Conv.gemmBackward(
-                px.baseAddress!, pw.baseAddress!, pdy.baseAddress!, pdx.baseAddress!, pdw.baseAddress!, batch: batch,
-                channels: channels, filters: filters, group: group, g)
+                px.baseAddress!, pw.baseAddress!, pdy.baseAddress!, context.needsGradient(0) ? pdx.baseAddress! : nil,
+                pdw.baseAddress!, batch: batch, channels: channels, filters: filters, group: group, g)
             }
           }
         }
@@ -604,8 +604,9 @@ extension Conv: DifferentiableOperator {
   /// dW and dX of a gemm convolution: per image and group, dW_g += dY_g x col^T and
   /// dX_g += col2im(W_g^T x dY_g). As in the forward, a batch of at least one image per thread runs
   /// whole images per thread on a single-threaded sgemm, each thread summing into its own dW.
+  /// `dx` nil skips the input gradient (the first layer's input needs none).
   static func gemmBackward(
-    _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+    _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>?,
     _ dw: UnsafeMutablePointer<Float>, batch: Int, channels: Int, filters: Int, group: Int, _ g: ConvGeometry
   ) {
     let groupChannels = channels / group, groupFilters = filters / group
@@ -616,23 +617,27 @@ extension Conv: DifferentiableOperator {
         let image = x + (n * channels + k * groupChannels) * g.inputSize
         let gradient = dy + (n * filters + k * groupFilters) * columns
         let weights = w + k * groupFilters * rows
-        let target = dx + (n * channels + k * groupChannels) * g.inputSize
+        let target = dx.map { $0 + (n * channels + k * groupChannels) * g.inputSize }
         if g.isPointwise {
           BLAS.sgemm(
             transposeB: true, m: groupFilters, n: rows, k: columns, a: gradient, lda: columns, b: image, ldb: columns, beta: 1,
             c: weightGradient + k * groupFilters * rows, ldc: rows)
-          BLAS.sgemm(
-            transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns, beta: 1,
-            c: target, ldc: columns)
+          if let target {
+            BLAS.sgemm(
+              transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns, beta: 1,
+              c: target, ldc: columns)
+          }
         } else {
           im2col(image, col, channels: groupChannels, g, parallel: parallelUnfold)
           BLAS.sgemm(
             transposeB: true, m: groupFilters, n: rows, k: columns, a: gradient, lda: columns, b: col, ldb: columns, beta: 1,
             c: weightGradient + k * groupFilters * rows, ldc: rows)
-          BLAS.sgemm(
-            transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns, c: col,
-            ldc: columns)
-          col2im(col, target, channels: groupChannels, g, parallel: parallelUnfold)
+          if let target {
+            BLAS.sgemm(
+              transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns, c: col,
+              ldc: columns)
+            col2im(col, target, channels: groupChannels, g, parallel: parallelUnfold)
+          }
         }
       }
     }

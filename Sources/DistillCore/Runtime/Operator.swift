@@ -32,11 +32,16 @@ public struct ExecutionContext {
   public let scope: (String) -> Tensor?
   /// Training behaviour (batch statistics in BatchNormalization) instead of inference.
   public var training: Bool = false
+  /// In a backward pass: which inputs need a gradient (an op may skip the others' work).
+  public var neededGradients: [Bool] = []
   /// Receives new values of state the graph keeps in initializers (BatchNormalization running
   /// statistics in training), by value name.
   public var updateState: (String, Tensor) -> Void = { _, _ in }
 
   public func error(_ message: String) -> RuntimeError { RuntimeError("\(label): \(message)") }
+
+  /// Whether input `index` needs a gradient in this backward pass (true when unknown).
+  public func needsGradient(_ index: Int) -> Bool { index < neededGradients.count ? neededGradients[index] : true }
 
   /// Throws unless a tensor of `shape` fits the memory budget; call before allocating an output
   /// whose size comes from data (ConstantOfShape, Expand, Tile, Range...).

@@ -1,3 +1,5 @@
+import Dispatch
+
 /// A recorded forward pass (`Interpreter.record`) and the reverse pass over it.
 public final class Tape {
   let interpreter: Interpreter
@@ -66,7 +68,13 @@ public final class Tape {
       }
       var context = ExecutionContext(label: step.node.label, memoryBudget: interpreter.memoryBudget) { _ in nil }
       context.training = training
+      let wantedIndices = Set(wanted.map(\.offset))
+      context.neededGradients = step.inputs.indices.map(wantedIndices.contains)
+      let start = interpreter.profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
       let inputGradients = try op.backward(record.inputs, record.outputs, outputGradients, context)
+      if interpreter.profile != nil {
+        interpreter.profile!["backward " + step.node.opType, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
+      }
       for (index, slot) in wanted {
         guard index < inputGradients.count, let gradient = inputGradients[index], let slot, let input = record.inputs[index] else { continue }
         let reduced = gradient.summed(to: input.shape)
