@@ -247,11 +247,14 @@ struct Conv: Operator {
   }
 
   /// Unfolds the receptive fields of `channels` planes into rows of `col` (zero outside the image).
+  /// Row r of the result starts at `col + r * rowStride` (default: the output size).
   static func im2col(
-    _ image: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>, channels: Int, _ g: ConvGeometry, parallel: Bool = true
+    _ image: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>, channels: Int, _ g: ConvGeometry, parallel: Bool = true,
+    rowStride: Int? = nil
   ) {
     let kernelSize = g.kernelSize
     let columns = g.outputSize
+    let lineStride = rowStride ?? columns
     let rows = channels * kernelSize
     if g.spatialRank == 2 {
       let (kh, kw) = (g.kernel[0], g.kernel[1])
@@ -263,7 +266,7 @@ struct Conv: Operator {
       let work = { (row: Int) in
         let c = row / kernelSize, i = (row / kw) % kh, j = row % kw
         let plane = image + c * ih * iw
-        let out = col + row * columns
+        let out = col + row * lineStride
         // Output columns whose input column stays inside the image: ow0 ..< ow1.
         let offset = j * dw - pw
         let first = offset >= 0 ? 0 : (-offset + sw - 1) / sw
@@ -292,7 +295,7 @@ struct Conv: Operator {
     let inputSize = g.inputSize
     for row in 0..<rows {
       let plane = image + (row / kernelSize) * inputSize
-      let line = col + row * columns
+      let line = col + row * lineStride
       line.update(repeating: 0, count: columns)
       g.forEachTap(row: row) { column, offset in line[column] = plane[offset] }
     }
@@ -601,9 +604,9 @@ extension Conv: DifferentiableOperator {
     return gradients + Array(repeating: nil, count: max(0, inputs.count - gradients.count))
   }
 
-  /// dW and dX of a gemm convolution: per image and group, dW_g += dY_g x col^T and
-  /// dX_g += col2im(W_g^T x dY_g). As in the forward, a batch of at least one image per thread runs
-  /// whole images per thread on a single-threaded sgemm, each thread summing into its own dW.
+  /// dW and dX of a gemm convolution. dW_g = [dY_g of every image] x [col_g of every image]^T is
+  /// one product over the whole batch, deep enough (images x positions) for sgemm to run well even
+  /// on the small maps of deep layers; dX_g = col2im(W_g^T x dY_g) runs one image per thread.
   /// `dx` nil skips the input gradient (the first layer's input needs none).
   static func gemmBackward(
     _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>?,
@@ -611,60 +614,54 @@ extension Conv: DifferentiableOperator {
   ) {
     let groupChannels = channels / group, groupFilters = filters / group
     let rows = groupChannels * g.kernelSize, columns = g.outputSize
-    let weightCount = filters * rows
-    func backward(image n: Int, col: UnsafeMutablePointer<Float>, into weightGradient: UnsafeMutablePointer<Float>, parallelUnfold: Bool) {
-      for k in 0..<group {
-        let image = x + (n * channels + k * groupChannels) * g.inputSize
-        let gradient = dy + (n * filters + k * groupFilters) * columns
-        let weights = w + k * groupFilters * rows
-        let target = dx.map { $0 + (n * channels + k * groupChannels) * g.inputSize }
-        if g.isPointwise {
-          BLAS.sgemm(
-            transposeB: true, m: groupFilters, n: rows, k: columns, a: gradient, lda: columns, b: image, ldb: columns, beta: 1,
-            c: weightGradient + k * groupFilters * rows, ldc: rows)
-          if let target {
-            BLAS.sgemm(
-              transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns, beta: 1,
-              c: target, ldc: columns)
-          }
-        } else {
-          im2col(image, col, channels: groupChannels, g, parallel: parallelUnfold)
-          BLAS.sgemm(
-            transposeB: true, m: groupFilters, n: rows, k: columns, a: gradient, lda: columns, b: col, ldb: columns, beta: 1,
-            c: weightGradient + k * groupFilters * rows, ldc: rows)
-          if let target {
-            BLAS.sgemm(
-              transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradient, ldb: columns, c: col,
-              ldc: columns)
-            col2im(col, target, channels: groupChannels, g, parallel: parallelUnfold)
-          }
-        }
-      }
+    let total = batch * columns
+    let unfolded = UnsafeMutablePointer<Float>.allocate(capacity: rows * total)
+    let gradients = UnsafeMutablePointer<Float>.allocate(capacity: groupFilters * total)
+    defer {
+      unfolded.deallocate()
+      gradients.deallocate()
     }
     let threads = Parallel.threads
-    if batch >= threads && threads > 1 && weightCount * columns * batch > 1 << 20 {
-      let blasThreads = BLAS.threads
-      BLAS.threads = 1
-      defer { BLAS.threads = blasThreads }
-      let partials = UnsafeMutablePointer<Float>.allocate(capacity: threads * weightCount)
-      partials.initialize(repeating: 0, count: threads * weightCount)
-      defer { partials.deallocate() }
-      Parallel.forEach(threads, work: .max) { worker in
-        let col = UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
-        defer { col.deallocate() }
-        for n in stride(from: worker, to: batch, by: threads) {
-          backward(image: n, col: col, into: partials + worker * weightCount, parallelUnfold: false)
+    let perImage = batch >= threads && threads > 1
+    let blasThreads = BLAS.threads
+    for k in 0..<group {
+      Parallel.forEach(batch, work: rows * total) { n in
+        for m in 0..<groupFilters {
+          (gradients + m * total + n * columns).update(from: dy + (n * filters + k * groupFilters + m) * columns, count: columns)
+        }
+        let image = x + (n * channels + k * groupChannels) * g.inputSize
+        if g.isPointwise {
+          for c in 0..<groupChannels { (unfolded + c * total + n * columns).update(from: image + c * columns, count: columns) }
+        } else {
+          im2col(image, unfolded + n * columns, channels: groupChannels, g, parallel: false, rowStride: total)
         }
       }
-      for worker in 0..<threads {
-        let partial = partials + worker * weightCount
-        for index in 0..<weightCount { dw[index] += partial[index] }
+      BLAS.sgemm(
+        transposeB: true, m: groupFilters, n: rows, k: total, a: gradients, lda: total, b: unfolded, ldb: total, beta: 1,
+        c: dw + k * groupFilters * rows, ldc: rows)
+      guard let dx else { continue }
+      let weights = w + k * groupFilters * rows
+      if perImage { BLAS.threads = 1 }
+      Parallel.forEach(perImage ? batch : 1, work: perImage ? .max : 0) { worker in
+        let images = perImage ? worker..<(worker + 1) : 0..<batch
+        let col = g.isPointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
+        defer { col?.deallocate() }
+        for n in images {
+          let target = dx + (n * channels + k * groupChannels) * g.inputSize
+          if let col {
+            BLAS.sgemm(
+              transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradients + n * columns, ldb: total,
+              c: col, ldc: columns)
+            col2im(col, target, channels: groupChannels, g, parallel: !perImage)
+          } else {
+            BLAS.sgemm(
+              transposeA: true, m: rows, n: columns, k: groupFilters, a: weights, lda: rows, b: gradients + n * columns, ldb: total,
+              beta: 1, c: target, ldc: columns)
+          }
+        }
       }
-      return
+      if perImage { BLAS.threads = blasThreads }
     }
-    let col = UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
-    defer { col.deallocate() }
-    for n in 0..<batch { backward(image: n, col: col, into: dw, parallelUnfold: true) }
   }
 
   /// Per-filter sums of an [N, M, size] gradient (the bias gradient).
