@@ -152,7 +152,7 @@ public final class Trainer {
     model: Model, config: TrainingConfig, loss: any TrainingLoss, options: RunOptions = RunOptions(),
     batches: @escaping (Int, inout SplitMix64) throws -> Batch
   ) throws {
-    interpreter = try Interpreter(model: model, fuse: false, promoteConstants: true)
+    interpreter = try Interpreter(model: model, foldBatchNorm: false, promoteConstants: true)
     self.config = config
     self.options = options
     self.loss = loss

@@ -33,8 +33,8 @@ struct Bench: ParsableCommand {
 
   func run() throws {
     let loaded = try ModelFile.read(model)
-    // Training runs the unfused graph; time its forward alone on the same graph for the ratio.
-    let interpreter = try Interpreter(model: loaded, fuse: !train, promoteConstants: train)
+    // Training keeps BatchNormalization (batch statistics); the forward alone runs the same graph.
+    let interpreter = try Interpreter(model: loaded, foldBatchNorm: !train, promoteConstants: train)
     let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
     Parallel.threads = threadCount
     BLAS.threads = threadCount

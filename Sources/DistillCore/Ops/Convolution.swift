@@ -568,10 +568,21 @@ extension Conv: DifferentiableOperator {
   func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
     -> [Tensor?]
   {
-    guard let dy = outputGradients[0], let x = inputs[0], let w = inputs[1] else { return inputs.map { _ in nil } }
-    guard activation == .none && !residual else {
-      throw context.error("a fused convolution cannot be differentiated; prepare the interpreter with fuse: false")
+    guard var dy = outputGradients[0], let x = inputs[0], let w = inputs[1] else { return inputs.map { _ in nil } }
+    // A fused activation passes the gradient where its output shows it was active; a fused
+    // residual receives that gradient as it is (the tape sums it down if it broadcast).
+    if activation != .none {
+      let y = outputs[0].floats
+      dy.floats.withUnsafeMutableBufferPointer { g in
+        switch activation {
+        case .none: break
+        case .relu: for i in g.indices where y[i] <= 0 { g[i] = 0 }
+        case .leakyRelu(let alpha): for i in g.indices where y[i] < 0 { g[i] *= alpha }
+        case .clip(let low, let high): for i in g.indices where y[i] <= low || y[i] >= high { g[i] = 0 }
+        }
+      }
     }
+    let residualGradient: Tensor? = residual ? dy : nil
     let g = try geometry(x, w, context)
     let group = attributes.group
     let (batch, channels, filters) = (x.shape[0], x.shape[1], w.shape[0])
@@ -601,7 +612,9 @@ extension Conv: DifferentiableOperator {
     if inputs.count > 2, let bias = inputs[2] {
       gradients.append(Tensor(shape: bias.shape, floats: Conv.sumPlanes(dy.floats, batch: batch, filters: filters, size: g.outputSize), dtype: bias.dtype))
     }
-    return gradients + Array(repeating: nil, count: max(0, inputs.count - gradients.count))
+    gradients += Array(repeating: nil, count: max(0, inputs.count - gradients.count))
+    if residual { gradients[3] = residualGradient }
+    return gradients
   }
 
   /// dW and dX of a gemm convolution. dW_g = [dY_g of every image] x [col_g of every image]^T is

@@ -8,7 +8,9 @@ enum Fusion {
   static let activationAttribute = "distill.activation"
   static let residualAttribute = "distill.residual"
 
-  static func fuse(_ graph: Graph, keep: Set<String>) -> Graph {
+  /// Without `foldBatchNorm` (training, where BatchNormalization uses batch statistics) only
+  /// residual Adds and activations are fused; fused convolutions differentiate through both.
+  static func fuse(_ graph: Graph, keep: Set<String>, foldBatchNorm: Bool = true) -> Graph {
     var nodes = graph.nodes
     var kept = keep.union(graph.outputs.map(\.name))
     for subgraph in graph.nestedGraphs { kept.formUnion(subgraph.outerReferences) }
@@ -45,9 +47,9 @@ enum Fusion {
         position = next
       }
       // Inference BatchNormalization with constant statistics folds into new weights and bias.
-      if let bnIndex = soleConsumer(of: conv.outputs[0]), nodes[bnIndex].opType == "BatchNormalization",
+      if foldBatchNorm, let bnIndex = soleConsumer(of: conv.outputs[0]), nodes[bnIndex].opType == "BatchNormalization",
         nodes[bnIndex].outputs.filter({ !$0.isEmpty }).count == 1,
-        let (weights, bias) = foldBatchNorm(conv, nodes[bnIndex], constants)
+        let (weights, bias) = foldedBatchNorm(conv, nodes[bnIndex], constants)
       {
         conv.inputs = [conv.inputs[0], weights.name!, bias.name!]
         folded += [weights, bias]
@@ -102,7 +104,7 @@ enum Fusion {
 
   /// New weights and bias for `conv` followed by inference-mode `batchNorm`:
   /// W' = W * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + epsilon), per output channel.
-  private static func foldBatchNorm(_ conv: Node, _ batchNorm: Node, _ constants: [String: TensorValue])
+  private static func foldedBatchNorm(_ conv: Node, _ batchNorm: Node, _ constants: [String: TensorValue])
     -> (TensorValue, TensorValue)?
   {
     guard (batchNorm.intAttribute("training_mode") ?? 0) == 0, batchNorm.inputs.count == 5,

@@ -31,18 +31,19 @@ public final class Interpreter: @unchecked Sendable {
   public private(set) var promotedConstants: Set<String> = []
 
   /// Prepares `graph`; `opsets` maps each domain to the model's opset version for it. With
-  /// `fuse`, convolutions absorb following residual Adds and activations, except where that would
-  /// hide a value named in `keep` (the taps a caller will ask for).
+  /// `fuse`, convolutions absorb following residual Adds and activations (and, with
+  /// `foldBatchNorm`, inference BatchNormalization), except where that would hide a value named in
+  /// `keep` (the taps a caller will ask for). Training wants `foldBatchNorm: false`.
   ///
   /// With `promoteConstants`, float tensors of Constant nodes become initializers (so they are
   /// parameters that training can update; `promotedConstants` names them).
   public init(
     graph original: Graph, opsets: [String: Int], registry: OperatorRegistry = .standard, fuse: Bool = true,
-    keep: Set<String> = [], promoteConstants: Bool = false
+    foldBatchNorm: Bool = true, keep: Set<String> = [], promoteConstants: Bool = false
   ) throws {
     // A Gradient node differentiates parts of this graph: they must stay unfused.
     let differentiatesItself = original.nodes.contains { $0.opType == "Gradient" && $0.domain == "ai.onnx.preview.training" }
-    var graph = fuse && !differentiatesItself ? Fusion.fuse(original, keep: keep) : original
+    var graph = fuse && !differentiatesItself ? Fusion.fuse(original, keep: keep, foldBatchNorm: foldBatchNorm) : original
     if promoteConstants {
       var promoted: [TensorValue] = []
       graph.nodes.removeAll { node in
@@ -86,7 +87,7 @@ public final class Interpreter: @unchecked Sendable {
         continue
       }
       var setup = OperatorSetup(opset: opset, label: node.label) { subgraph in
-        try Interpreter(graph: subgraph, opsets: opsets, registry: registry, fuse: fuse)
+        try Interpreter(graph: subgraph, opsets: opsets, registry: registry, fuse: fuse, foldBatchNorm: foldBatchNorm)
       }
       setup.graph = graph
       setup.opsets = opsets
@@ -119,13 +120,15 @@ public final class Interpreter: @unchecked Sendable {
 
   /// Prepares the main graph of `model`.
   public convenience init(
-    model: Model, registry: OperatorRegistry = .standard, fuse: Bool = true, keep: Set<String> = [],
-    promoteConstants: Bool = false
+    model: Model, registry: OperatorRegistry = .standard, fuse: Bool = true, foldBatchNorm: Bool = true,
+    keep: Set<String> = [], promoteConstants: Bool = false
   ) throws {
     guard let graph = model.graph else { throw RuntimeError("the model has no graph") }
     var opsets: [String: Int] = [:]
     for opset in model.opsetImports { opsets[Graph.canonicalDomain(opset.domain ?? "")] = Int(opset.version) }
-    try self.init(graph: graph, opsets: opsets, registry: registry, fuse: fuse, keep: keep, promoteConstants: promoteConstants)
+    try self.init(
+      graph: graph, opsets: opsets, registry: registry, fuse: fuse, foldBatchNorm: foldBatchNorm, keep: keep,
+      promoteConstants: promoteConstants)
   }
 
   /// The graph inputs a caller must feed (those without an initializer as default).

@@ -16,6 +16,23 @@ let convolutionCases: [GradientCase] = {
   cases.append(GradientCase(op: "ConvTranspose", attributes: [ints("strides", [2, 2]), ints("pads", [1, 0, 0, 1])], inputs: [values.tensor([2, 3, 3, 4]), values.tensor([3, 2, 3, 3]), values.tensor([2])], note: "stride 2"))
   cases.append(GradientCase(op: "ConvTranspose", attributes: [int("group", 2), ints("output_padding", [1, 0]), ints("strides", [2, 1])], inputs: [values.tensor([1, 4, 3, 3]), values.tensor([4, 1, 2, 2])], note: "grouped, output_padding"))
   cases.append(GradientCase(op: "ConvTranspose", attributes: [ints("dilations", [2])], inputs: [values.tensor([1, 2, 5]), values.tensor([2, 3, 3])], note: "1-D dilated"))
+  // Convolutions fused with a residual Add and an activation (what `Fusion` builds) differentiate too.
+  let residual = Attribute(name: "distill.residual", value: .int(1))
+  func activation(_ spec: [Float]) -> Attribute { Attribute(name: "distill.activation", value: .floats(spec)) }
+  cases.append(
+    GradientCase(
+      op: "Conv", attributes: [ints("pads", [1, 1, 1, 1]), residual, activation([0])],
+      inputs: [values.tensor([2, 2, 4, 4]), values.tensor([3, 2, 3, 3]), values.tensor([3]), values.tensor([2, 3, 4, 4])], step: 1e-3,
+      note: "fused residual + Relu"))
+  cases.append(
+    GradientCase(
+      op: "Conv", attributes: [residual, activation([1, 0.2])],
+      inputs: [values.tensor([1, 3, 3, 3]), values.tensor([2, 3, 1, 1]), nil, values.tensor([1, 2, 1, 1])], step: 1e-3,
+      note: "fused broadcast residual + LeakyRelu"))
+  cases.append(
+    GradientCase(
+      op: "Conv", attributes: [activation([2, -0.3, 0.4])], inputs: [values.tensor([1, 2, 4, 4]), values.tensor([2, 2, 2, 2])], step: 1e-3,
+      note: "fused Clip"))
   cases.append(GradientCase(op: "Gemm", inputs: [values.tensor([3, 4]), values.tensor([4, 5]), values.tensor([5])]))
   cases.append(
     GradientCase(
