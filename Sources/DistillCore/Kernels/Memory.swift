@@ -9,7 +9,9 @@ public enum Memory {
     #if os(Linux)
       let trimThreshold: Int32 = -1, mmapMax: Int32 = -4  // M_TRIM_THRESHOLD, M_MMAP_MAX
       _ = mallopt(mmapMax, 0)
-      _ = mallopt(trimThreshold, Int32.max)
+      // The threshold is a size_t inside glibc: -1 becomes SIZE_MAX, so the heap is never trimmed
+      // (Int32.max would still trim after a training step frees more than 2 GiB).
+      _ = mallopt(trimThreshold, -1)
     #endif
   }
 }
