@@ -70,6 +70,22 @@ struct ConvAttributes {
     strides = node.intsAttribute("strides")
   }
 
+  /// Kernel shape (checked against W), strides, dilations and pads for `rank` spatial axes, with
+  /// the spec's defaults.
+  func kernel(_ w: Tensor, rank: Int, _ context: ExecutionContext) throws
+    -> (kernel: [Int], strides: [Int], dilations: [Int], pads: [Int])
+  {
+    let kernel = try resolved("kernel_shape", kernelShape ?? Array(w.shape.dropFirst(2)), count: rank, default: 0, context)
+    guard kernel == Array(w.shape.dropFirst(2)) else {
+      throw context.error("kernel_shape \(kernel) does not match input W \(w.shapeDescription)")
+    }
+    return (
+      kernel, try resolved("strides", strides, count: rank, default: 1, context),
+      try resolved("dilations", dilations, count: rank, default: 1, context),
+      try resolved("pads", pads, count: 2 * rank, default: 0, context)
+    )
+  }
+
   func resolved(_ name: String, _ value: [Int]?, count: Int, default fill: Int, _ context: ExecutionContext) throws -> [Int] {
     let result = value ?? Array(repeating: fill, count: count)
     guard result.count == count else { throw context.error("attribute \(name) has \(result.count) values, expected \(count)") }
@@ -92,13 +108,8 @@ struct Conv: Operator {
 
   func geometry(_ x: Tensor, _ w: Tensor, _ context: ExecutionContext) throws -> ConvGeometry {
     let rank = x.rank - 2
-    let kernel = try attributes.resolved("kernel_shape", attributes.kernelShape ?? Array(w.shape.dropFirst(2)), count: rank, default: 0, context)
-    guard kernel == Array(w.shape.dropFirst(2)) else {
-      throw context.error("kernel_shape \(kernel) does not match input W \(w.shapeDescription)")
-    }
-    let strides = try attributes.resolved("strides", attributes.strides, count: rank, default: 1, context)
-    let dilations = try attributes.resolved("dilations", attributes.dilations, count: rank, default: 1, context)
-    var pads = try attributes.resolved("pads", attributes.pads, count: 2 * rank, default: 0, context)
+    let (kernel, strides, dilations, declaredPads) = try attributes.kernel(w, rank: rank, context)
+    var pads = declaredPads
     let input = Array(x.shape.dropFirst(2))
     var output = [Int](repeating: 0, count: rank)
     for axis in 0..<rank {
@@ -357,13 +368,8 @@ struct ConvTranspose: Operator {
   /// Kernel geometry in forward terms: `input` is X's spatial size, `output` the result's.
   func geometry(_ x: Tensor, _ w: Tensor, _ context: ExecutionContext) throws -> ConvGeometry {
     let rank = x.rank - 2
-    let kernel = try attributes.resolved("kernel_shape", attributes.kernelShape ?? Array(w.shape.dropFirst(2)), count: rank, default: 0, context)
-    guard kernel == Array(w.shape.dropFirst(2)) else {
-      throw context.error("kernel_shape \(kernel) does not match input W \(w.shapeDescription)")
-    }
-    let strides = try attributes.resolved("strides", attributes.strides, count: rank, default: 1, context)
-    let dilations = try attributes.resolved("dilations", attributes.dilations, count: rank, default: 1, context)
-    var pads = try attributes.resolved("pads", attributes.pads, count: 2 * rank, default: 0, context)
+    let (kernel, strides, dilations, declaredPads) = try attributes.kernel(w, rank: rank, context)
+    var pads = declaredPads
     let extra = try attributes.resolved("output_padding", outputPadding, count: rank, default: 0, context)
     let input = Array(x.shape.dropFirst(2))
     var output = [Int](repeating: 0, count: rank)
