@@ -24,6 +24,13 @@ struct ConvGeometry {
     kernel.allSatisfy { $0 == 1 } && strides.allSatisfy { $0 == 1 } && pads.allSatisfy { $0 == 0 }
   }
 
+  /// The output columns q in first..<last whose input column q * stride + offset lies in 0..<input.
+  @inline(__always)
+  static func insideColumns(offset: Int, stride: Int, input: Int, output: Int) -> (first: Int, last: Int) {
+    let first = offset >= 0 ? 0 : (-offset + stride - 1) / stride
+    return (first, max(first, min(output, (input - offset + stride - 1) / stride)))
+  }
+
   /// For row `row` of the unfolded (im2col) matrix, one (channel, kernel offset) pair, calls
   /// `body(column, offset)` for each output position whose tap falls inside the input, with the
   /// tap's element offset in the channel's input plane. Any spatial rank.
@@ -280,8 +287,7 @@ struct Conv: Operator {
         let out = col + row * lineStride
         // Output columns whose input column stays inside the image: ow0 ..< ow1.
         let offset = j * dw - pw
-        let first = offset >= 0 ? 0 : (-offset + sw - 1) / sw
-        let last = max(first, min(ow, (iw - offset + sw - 1) / sw))
+        let (first, last) = ConvGeometry.insideColumns(offset: offset, stride: sw, input: iw, output: ow)
         for r in 0..<oh {
           let y = r * sh - ph + i * dh
           let line = out + r * ow
@@ -333,8 +339,7 @@ struct Conv: Operator {
         for j in 0..<kw {
           let weight = weights[i * kw + j]
           let offset = j * dw - pw
-          let first = offset >= 0 ? 0 : (-offset + sw - 1) / sw
-          let last = max(first, min(ow, (iw - offset + sw - 1) / sw))
+          let (first, last) = ConvGeometry.insideColumns(offset: offset, stride: sw, input: iw, output: ow)
           for r in 0..<oh {
             let row = r * sh - ph + i * dh
             guard row >= 0 && row < ih else { continue }
@@ -721,8 +726,7 @@ extension Conv: DifferentiableOperator {
         let i = kernelIndex / kw, j = kernelIndex % kw
         let source = col + (c * kernelSize + kernelIndex) * columns
         let offset = j * dw - pw
-        let first = offset >= 0 ? 0 : (-offset + sw - 1) / sw
-        let last = max(first, min(ow, (iw - offset + sw - 1) / sw))
+        let (first, last) = ConvGeometry.insideColumns(offset: offset, stride: sw, input: iw, output: ow)
         for r in 0..<oh {
           let y = r * sh - ph + i * dh
           guard y >= 0 && y < ih else { continue }
@@ -762,8 +766,7 @@ extension Conv: DifferentiableOperator {
             for j in 0..<kw {
               let weight = weights[i * kw + j]
               let offset = j * dwStep - pw
-              let first = offset >= 0 ? 0 : (-offset + sw - 1) / sw
-              let last = max(first, min(ow, (iw - offset + sw - 1) / sw))
+              let (first, last) = ConvGeometry.insideColumns(offset: offset, stride: sw, input: iw, output: ow)
               var total: Float = 0
               for r in 0..<oh {
                 let row = r * sh - ph + i * dh

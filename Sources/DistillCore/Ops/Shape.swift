@@ -883,7 +883,10 @@ extension Layout {
   }
 }
 
-extension Reshape: DifferentiableOperator {
+/// Ops that only relabel the shape: the gradient is dY with the input's shape.
+protocol ShapeRelabeling: DifferentiableOperator {}
+
+extension ShapeRelabeling {
   func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
     -> [Tensor?]
   {
@@ -891,29 +894,10 @@ extension Reshape: DifferentiableOperator {
   }
 }
 
-extension Flatten: DifferentiableOperator {
-  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
-    -> [Tensor?]
-  {
-    Layout.sameElements(inputs, outputGradients)
-  }
-}
-
-extension Squeeze: DifferentiableOperator {
-  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
-    -> [Tensor?]
-  {
-    Layout.sameElements(inputs, outputGradients)
-  }
-}
-
-extension Unsqueeze: DifferentiableOperator {
-  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
-    -> [Tensor?]
-  {
-    Layout.sameElements(inputs, outputGradients)
-  }
-}
+extension Reshape: ShapeRelabeling {}
+extension Flatten: ShapeRelabeling {}
+extension Squeeze: ShapeRelabeling {}
+extension Unsqueeze: ShapeRelabeling {}
 
 extension Transpose: DifferentiableOperator {
   /// The inverse permutation of `dy`.
