@@ -13,6 +13,7 @@ let package = Package(
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
   ],
   targets: [
     .target(
@@ -22,7 +23,10 @@ let package = Package(
     .target(name: "DistillCore", dependencies: ["CBLAS"], swiftSettings: optimize),
     .target(name: "DistillONNX", dependencies: ["DistillCore", "COnnx"], swiftSettings: optimize),
     .target(name: "CImage", path: "Sources/CImage", linkerSettings: [.linkedLibrary("png"), .linkedLibrary("jpeg")]),
-    .target(name: "DistillDetection", dependencies: ["DistillCore", "CImage"], swiftSettings: optimize),
+    .systemLibrary(name: "CCairo", path: "Sources/CCairo", pkgConfig: "cairo"),
+    .target(
+      name: "DistillDetection", dependencies: ["DistillCore", "CImage", "CCairo", .product(name: "Yams", package: "Yams")],
+      swiftSettings: optimize),
     .target(name: "DistillTrain", dependencies: ["DistillCore", "DistillONNX", "DistillDetection"], swiftSettings: optimize),
     .executableTarget(
       name: "distill",
@@ -34,6 +38,7 @@ let package = Package(
     .testTarget(name: "RuntimeTests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "GradientTests", dependencies: ["DistillCore", "DistillONNX"]),
     .testTarget(name: "DistillTrainTests", dependencies: ["DistillTrain", "DistillCore", "DistillONNX"]),
+    .testTarget(name: "DetectionTests", dependencies: ["DistillDetection", "DistillCore", "DistillONNX"]),
   ],
   // Numeric kernels share raw buffers across DispatchQueue.concurrentPerform iterations by design;
   // Swift 6's strict Sendable checking would demand wrappers around every such loop.
