@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Runs `distill run --data` on models in the ONNX test-data layout (MODEL_DIR/model.onnx +
 test_data_set_*/input_*.pb, output_*.pb written by onnxruntime) and compares distill's outputs
-with onnxruntime's: |a - b| <= atol + rtol * |b| elementwise, integers exactly.
+with onnxruntime's by the rule of tools/compare.py (|a - b| <= atol + rtol * max|b| per output;
+shapes, dtypes and non-float outputs exactly).
 
-usage: check_parity.py DISTILL_BINARY MODEL_DIR [MODEL_DIR ...] [--rtol 1e-3] [--atol 1e-4]
+usage: check_parity.py DISTILL_BINARY MODEL_DIR [MODEL_DIR ...] [--rtol 1e-3] [--atol 1e-5]
 Prints one line per data set and a closing 'N passed, N failed' line; exits 1 on any failure.
 """
 import argparse
@@ -13,9 +14,10 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from compare import ATOL, RTOL, close, float_scale, mismatch
 
 
 def load(path):
@@ -25,42 +27,19 @@ def load(path):
     return numpy_helper.to_array(tensor)
 
 
-def compare(actual, expected, rtol, atol):
-    if actual.shape != expected.shape:
-        return f"shape {actual.shape}, expected {expected.shape}"
-    if actual.dtype != expected.dtype:
-        return f"dtype {actual.dtype}, expected {expected.dtype}"
-    if np.issubdtype(expected.dtype, np.floating):
-        a, e = actual.astype(np.float64), expected.astype(np.float64)
-        bad = ~((np.abs(a - e) <= atol + rtol * np.abs(e)) | (np.isnan(a) & np.isnan(e)))
-        if bad.any():
-            index = np.argwhere(bad)[0]
-            return f"{bad.sum()} of {bad.size} elements differ, first at {tuple(index)}: {a[tuple(index)]} vs {e[tuple(index)]}"
-        return None
-    if not np.array_equal(actual, expected):
-        return f"{(actual != expected).sum()} of {actual.size} elements differ"
-    return None
-
-
-def close(a, e, rtol, atol):
-    if np.issubdtype(e.dtype, np.floating):
-        a, e = a.astype(np.float64), e.astype(np.float64)
-        return bool(np.all((np.abs(a - e) <= atol + rtol * np.abs(e)) | (np.isnan(a) & np.isnan(e))))
-    return bool(np.array_equal(a, e))
-
-
 def rows_match_in_any_order(actuals, expecteds, rtol, atol):
     """Post-processed detections (boxes, scores, labels sharing a leading dim) may list near-tied
     detections in another order; accept when every expected row matches a distinct actual row."""
     count = expecteds[0].shape[0] if expecteds and expecteds[0].ndim else None
     if count is None or any(x.ndim == 0 or x.shape[0] != count for x in actuals + expecteds):
         return False
-    if any(a.shape != e.shape for a, e in zip(actuals, expecteds)):
+    if any(a.shape != e.shape or a.dtype != e.dtype for a, e in zip(actuals, expecteds)):
         return False
+    scales = [float_scale(e) for e in expecteds]
     unused = set(range(count))
     for i in range(count):
         match = next((j for j in sorted(unused, key=lambda j: abs(j - i))
-                      if all(close(a[j], e[i], rtol, atol) for a, e in zip(actuals, expecteds))), None)
+                      if all(close(a[j], e[i], rtol, atol, s) for a, e, s in zip(actuals, expecteds, scales))), None)
         if match is None:
             return False
         unused.remove(match)
@@ -71,8 +50,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("distill")
     parser.add_argument("models", nargs="+")
-    parser.add_argument("--rtol", type=float, default=1e-3)
-    parser.add_argument("--atol", type=float, default=1e-4)
+    parser.add_argument("--rtol", type=float, default=RTOL)
+    parser.add_argument("--atol", type=float, default=ATOL)
     args = parser.parse_args()
     passed = failed = 0
     for model_dir in args.models:
@@ -88,7 +67,7 @@ def main():
                     expecteds = [load(path) for path in paths]
                     actuals = [load(os.path.join(out, os.path.basename(path))) for path in paths]
                     for path, actual, expected in zip(paths, actuals, expecteds):
-                        problem = compare(actual, expected, args.rtol, args.atol)
+                        problem = mismatch(actual, expected, args.rtol, args.atol)
                         if problem:
                             problem = f"{os.path.basename(path)}: {problem}"
                             break

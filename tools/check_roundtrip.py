@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Independent check of `distill export`: for each model, export it with the distill binary,
-then check the output with onnx.checker (full_check) and compare onnxruntime's outputs on the
+then check the output with onnx.checker (full_check, unless the original fails it too) and compare onnxruntime's outputs on the
 original and the exported model bit for bit, on the model's test_data_set_* inputs (or random
 inputs when it has none).
 
@@ -59,7 +59,14 @@ def check(binary, model_path, out_dir):
     result = subprocess.run([binary, "export", model_path, "--out", exported], capture_output=True, text=True)
     if result.returncode != 0:
         return f"distill export failed: {result.stderr.strip()}"
-    onnx.checker.check_model(exported, full_check=True)
+    try:
+        onnx.checker.check_model(model_path, full_check=True)
+        full_check = True
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
+        # onnx's shape inference refuses some real exports (e.g. -1 written for a dynamic
+        # dimension by older paddle2onnx); then the export must pass what the original passes.
+        full_check = False
+    onnx.checker.check_model(exported, full_check=full_check)
     original = onnx.load(model_path)
     written = onnx.load(exported)
     for model in (original, written):
@@ -78,7 +85,7 @@ def check(binary, model_path, out_dir):
             if not same(a, b):
                 return "onnxruntime outputs differ between original and exported model"
             count += 1
-    return f"ok ({count} outputs bit-identical)"
+    return f"ok ({count} outputs bit-identical{'' if full_check else '; onnx full_check refuses the original too, plain check passed'})"
 
 
 def main():

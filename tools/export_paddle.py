@@ -46,6 +46,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from compare import mismatch
+
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 OPSETS = (17, 16, 15, 14, 13, 12, 11)  # tried in this order; the first that exports is kept
 SEED = 0
@@ -301,9 +303,9 @@ def run_one(name, factory, out_dir, seed):
         got = layer(paddle.to_tensor(next(iter(feeds.values()))))
     got = got if isinstance(got, (list, tuple)) else [got]
     for g, e in zip(got, expected):
-        err = float(np.max(np.abs(g.numpy() - e)))
-        if err > 1e-3 * (1 + float(np.max(np.abs(e)))):
-            raise RuntimeError(f"onnxruntime differs from Paddle by {err:g}")
+        problem = mismatch(g.numpy().astype(e.dtype), e)
+        if problem:
+            raise RuntimeError(f"onnxruntime differs from Paddle: {problem}")
     describe(name, path, model, opset, outs)
 
     inits, _ = count_storage(model)
@@ -313,7 +315,7 @@ def run_one(name, factory, out_dir, seed):
         cpath, couts, cfeeds, cexpected = check_and_write(const_model, os.path.join(out_dir, cname), seed + 1)
         # Same input seed -> same input; the outputs must match the initializer version.
         for a, b in zip(cexpected, expected):
-            if not np.allclose(a, b, rtol=1e-5, atol=1e-6):
+            if mismatch(a, b):
                 raise RuntimeError(f"{cname}: outputs differ from {name}")
         describe(cname, cpath, const_model, opset, couts)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generate the committed ONNX test fixtures for distill.
 
-    python3 tools/make_fixtures.py            # regenerate everything under Tests/Fixtures/
+    python3 tools/make_fixtures.py                 # regenerate everything under Tests/Fixtures/
+    python3 tools/make_fixtures.py --only NAME     # regenerate the valid model NAME (build_NAME) alone
 
 Writes (after deleting them first):
   Tests/Fixtures/models/NAME/model.onnx              valid models
@@ -435,15 +436,43 @@ def build_symbolic_dims():
     return model, [[x]]
 
 
+def build_negative_dims():
+    """A PP-OCR-style direction classifier as older paddle2onnx exports it: opset 11, and -1 written
+    as dim_value for every dynamic dimension of the declared input, output and value_info."""
+    rng = rng_for("negative_dims")
+    F = TensorProto.FLOAT
+    inits = [init("conv1_weights", f32(rng, 8, 3, 3, 3, scale=0.3)),
+             init("bn_scale", (1 + f32(rng, 8, scale=0.1)).astype(np.float32)), init("bn_offset", f32(rng, 8, scale=0.1)),
+             init("bn_mean", f32(rng, 8, scale=0.1)), init("bn_variance", (1 + np.abs(f32(rng, 8, scale=0.2))).astype(np.float32)),
+             init("fc_weights", f32(rng, 8, 2, scale=0.5)), init("fc_offset", f32(rng, 2, scale=0.1))]
+    nodes = [helper.make_node("Conv", ["x", "conv1_weights"], ["conv1_out"], name="conv2d_0", kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["conv1_out", "bn_scale", "bn_offset", "bn_mean", "bn_variance"],
+                              ["bn_out"], name="batch_norm_0", epsilon=1e-5),
+             helper.make_node("Relu", ["bn_out"], ["act_out"], name="relu_0"),
+             helper.make_node("GlobalAveragePool", ["act_out"], ["pool_out"], name="pool2d_0"),
+             helper.make_node("Flatten", ["pool_out"], ["flat"], name="flatten_0", axis=1),
+             helper.make_node("Gemm", ["flat", "fc_weights", "fc_offset"], ["logits"], name="linear_0"),
+             helper.make_node("Softmax", ["logits"], ["softmax_0.tmp_0"], name="softmax_0", axis=1)]
+    graph = helper.make_graph(nodes, "paddle-onnx", [vi("x", F, [-1, 3, -1, -1])],
+                              [vi("softmax_0.tmp_0", F, [-1, 2])], initializer=inits,
+                              value_info=[vi("act_out", F, [-1, 8, -1, -1])])
+    model = make_model(graph, opsets=[helper.make_opsetid("", 11)])
+    model.producer_name = "PaddlePaddle"
+    x = rng.random((2, 3, 48, 96), dtype=np.float32)
+    return model, [[x]]
+
+
 def make_models():
     if os.path.isdir(MODELS):
         shutil.rmtree(MODELS)
     os.makedirs(MODELS)
     for name, builder in [("tiny_fpn", build_tiny_fpn), ("constant_weights", build_constant_weights),
                           ("if_subgraph", build_if_subgraph), ("float16_init", build_float16_init),
-                          ("all_dtypes", build_all_dtypes), ("symbolic_dims", build_symbolic_dims)]:
+                          ("all_dtypes", build_all_dtypes), ("symbolic_dims", build_symbolic_dims),
+                          ("negative_dims", build_negative_dims)]:
         model, inputs = builder()
-        write_valid(name, model, inputs)
+        write_valid(name, model, inputs, full_check=name != "negative_dims")
 
     model, inputs = build_external_data()
     write_valid("external_data", model, inputs, external=True)
@@ -725,6 +754,11 @@ def report_sizes():
 
 def main():
     np.random.seed(0)
+    if sys.argv[1:2] == ["--only"]:  # regenerate one valid model, leaving the others as they are
+        builder = globals()["build_" + sys.argv[2]]
+        model, inputs = builder()
+        write_valid(sys.argv[2], model, inputs, full_check=sys.argv[2] != "negative_dims")
+        return 0
     make_models()
     manifest = make_hostile()
     report_sizes()

@@ -1,7 +1,7 @@
 import DistillCore
 
 /// Structural checks of an imported graph and its subgraphs: SSA names, defined inputs, produced
-/// outputs, operator arity, non-negative declared dims, and a topological node order.
+/// outputs, operator arity, and a topological node order.
 struct GraphValidator {
   let file: String
 
@@ -17,7 +17,6 @@ struct GraphValidator {
     for input in graph.inputs {
       if producer[input.name] != nil { throw fail("graph input '\(input.name)' is declared twice") }
       producer[input.name] = "graph input"
-      try checkDims(input, fail)
     }
     var initializerNames = Set<String>()
     for tensor in graph.initializers {
@@ -26,7 +25,9 @@ struct GraphValidator {
       if !initializerNames.insert(name).inserted { throw fail("initializer '\(name)' is defined twice") }
       producer[name] = producer[name] ?? "initializer"
     }
-    for info in graph.valueInfo + graph.outputs { try checkDims(info, fail) }
+    // A negative dim_value in a declared type (graph inputs, outputs, value_info) is how older
+    // paddle2onnx and tf2onnx exports write a dynamic dimension: kept, and read as unknown
+    // (`ShapeDimension.size`). Negative dims of data (tensors, run-time shapes) are refused where read.
 
     for node in graph.nodes {
       let label = node.label
@@ -76,12 +77,6 @@ struct GraphValidator {
       }
     }
     return result
-  }
-
-  private func checkDims(_ info: ValueInfo, _ fail: (String) -> ONNXError) throws {
-    if let negative = info.type?.shape?.first(where: { ($0.value ?? 0) < 0 }) {
-      throw fail("value '\(info.name)' declares the negative dimension \(negative.value!)")
-    }
   }
 
   /// Kahn's algorithm, keeping the file's order among nodes that are ready together. A node

@@ -2,13 +2,15 @@ import DistillCore
 import Foundation
 
 /// Writing a checkpoint's trained values back into the model they were trained from: into the
-/// same initializers and Constant nodes, so the graph is unchanged except its weights.
+/// same initializers and Constant nodes, so the graph is unchanged except its weights and, where
+/// the exporter had merged parameters by value, the copies training gave each layer
+/// (`MergedParameters`), which become initializers of their own.
 public enum TrainedWeights {
-  /// A model's parameters as `Trainer` sees them (an interpreter with `promoteConstants`): the main
-  /// graph's float initializers in order, then the float tensors of its Constant nodes, named by
-  /// the node's output.
+  /// A model's parameters as `Trainer` sees them (merged parameters untied, an interpreter with
+  /// `promoteConstants`): the main graph's float initializers in order, then the float tensors of
+  /// its Constant nodes, named by the node's output.
   public static func parameters(of model: Model) throws -> [(name: String, dtype: DataType, shape: [Int])] {
-    guard let graph = model.graph else { throw TrainingError.mismatch("the model has no graph") }
+    guard let graph = MergedParameters.untie(model).model.graph else { throw TrainingError.mismatch("the model has no graph") }
     var result: [(name: String, dtype: DataType, shape: [Int])] = []
     for tensor in graph.initializers where tensor.dataType.isFloatingPoint {
       if let name = tensor.name { result.append((name, tensor.dataType, tensor.dims.map { Int($0) })) }
@@ -74,7 +76,7 @@ public enum TrainedWeights {
       tensor.bytes = Tensor(shape: original.shape, floats: trained.floats, dtype: tensor.dataType).tensorValue().bytes
       changed += 1
     }
-    var result = model
+    var result = MergedParameters.untie(model).model
     guard var graph = result.graph else { throw TrainingError.mismatch("the model has no graph") }
     for index in graph.initializers.indices where graph.initializers[index].dataType.isFloatingPoint {
       if let name = graph.initializers[index].name { try update(&graph.initializers[index], name: name) }

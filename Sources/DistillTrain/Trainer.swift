@@ -145,14 +145,21 @@ public final class Trainer {
   private let batches: (Int, inout SplitMix64) throws -> Batch
   private var log: FileHandle?
 
-  /// Prepares `model` for training (unfused, Constant tensors promoted to parameters).
+  /// Parameters the exporter had merged by value, each layer now training its own copy
+  /// (`MergedParameters`); export writes the copies as initializers of their own.
+  public let untiedParameters: [MergedParameters.Untied]
+
+  /// Prepares `model` for training (unfused, Constant tensors promoted to parameters, merged
+  /// parameters untied).
   /// `batches(step, &random)` returns the batch of 0-based step `step`, drawing any randomness from
   /// `random` (whose state checkpoints keep).
   public init(
     model: Model, config: TrainingConfig, loss: any TrainingLoss, options: RunOptions = RunOptions(),
     batches: @escaping (Int, inout SplitMix64) throws -> Batch
   ) throws {
-    interpreter = try Interpreter(model: model, foldBatchNorm: false, promoteConstants: true)
+    let (untiedModel, untied) = MergedParameters.untie(model)
+    untiedParameters = untied
+    interpreter = try Interpreter(model: untiedModel, foldBatchNorm: false, promoteConstants: true)
     self.config = config
     self.options = options
     self.loss = loss

@@ -42,7 +42,7 @@ struct Bench: ParsableCommand {
     var feeds: [String: Tensor] = [:]
     let shapes = Dictionary(input.map { ($0.name, $0.dims) }, uniquingKeysWith: { _, last in last })
     for info in interpreter.requiredInputs {
-      let declared = info.type?.shape?.map { $0.value.map(Int.init) }
+      let declared = info.type?.shape?.map { $0.size.map(Int.init) }
       guard let shape = shapes[info.name] ?? declared.flatMap({ $0.allSatisfy { $0 != nil } ? $0.map { $0! } : nil }) else {
         throw ValidationError("input '\(info.name)' has symbolic dims; give its shape with --input \(info.name)=1x3x320x320")
       }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DistillCore
 import DistillONNX
+import DistillTrain
 import Foundation
 
 struct Inspect: ParsableCommand {
@@ -97,9 +98,21 @@ struct ModelReport: Encodable {
   let unknownOps: [String]
   let nodes: [NodeRow]
   let taps: Taps
+  /// What a user should know about how distill reads this model (each said once).
+  let notes: [String]
+  /// What training updates and checkpoints store, in order (merged parameters untied).
+  let parameters: [Parameter]
+
+  struct Parameter: Encodable {
+    let name: String
+    let dtype: String
+    let shape: [Int]
+    /// The model's tensor whose values this parameter starts from (itself unless an untied copy).
+    let initial: String
+  }
 
   enum CodingKeys: String, CodingKey {
-    case file, opsets, producer, inputs, outputs, initializers, nodes, taps
+    case file, opsets, producer, inputs, outputs, initializers, nodes, taps, notes, parameters
     case irVersion = "ir_version"
     case parameterCount = "parameter_count"
     case parameterBytes = "parameter_bytes"
@@ -129,9 +142,9 @@ struct ModelReport: Encodable {
     initializers = graph.initializers.map {
       Tensor(name: $0.name ?? "", dtype: $0.dataType.description, shape: $0.dims, bytes: $0.bytes.count)
     }
-    let parameters = graph.allTensors.filter { $0.dataType.isFloatingPoint }
-    parameterCount = parameters.reduce(0) { $0 + $1.elementCount }
-    parameterBytes = parameters.reduce(0) { $0 + $1.bytes.count }
+    let floatTensors = graph.allTensors.filter { $0.dataType.isFloatingPoint }
+    parameterCount = floatTensors.reduce(0) { $0 + $1.elementCount }
+    parameterBytes = floatTensors.reduce(0) { $0 + $1.bytes.count }
     var histogram: [String: Int] = [:]
     var unknown = Set<String>()
     let allNodes = graph.nodes + graph.nestedGraphs.flatMap(\.nodes)
@@ -155,6 +168,35 @@ struct ModelReport: Encodable {
       suggestions.filter { $0.kind == kind }.map { Tap(name: $0.name, stride: $0.stride, shape: $0.shape, producer: $0.producer) }
     }
     taps = Taps(features: select(.feature), headOutputs: select(.headOutput))
+    notes = Self.notes(graph)
+    var origin: [String: String] = [:]
+    for entry in MergedParameters.untie(graph).untied { for copy in entry.copies { origin[copy] = entry.original } }
+    parameters = ((try? TrainedWeights.parameters(of: model)) ?? []).map {
+      Parameter(name: $0.name, dtype: $0.dtype.description, shape: $0.shape, initial: origin[$0.name] ?? $0.name)
+    }
+  }
+
+  static func notes(_ graph: Graph) -> [String] {
+    var notes: [String] = []
+    let declared = ([graph] + graph.nestedGraphs).flatMap { $0.inputs + $0.outputs + $0.valueInfo }
+    let negative = declared.filter { $0.type?.shape?.contains(where: \.isNegative) ?? false }.map(\.name)
+    if !negative.isEmpty {
+      let shown = negative.prefix(5).map { "'\($0)'" }.joined(separator: ", ") + (negative.count > 5 ? " and \(negative.count - 5) more" : "")
+      notes.append(
+        "\(shown) declare\(negative.count == 1 ? "s" : "") -1 for a dimension, as older paddle2onnx and tf2onnx exports do "
+          + "for a dynamic one: read as unknown (shown as ?), written back as -1")
+    }
+    let untied = MergedParameters.untie(graph).untied
+    if !untied.isEmpty {
+      let copies = untied.reduce(0) { $0 + $1.copies.count }
+      let example = untied[0]
+      notes.append(
+        "the exporter merged parameters with equal values: \(untied.count) tensors stand for \(copies + untied.count) "
+          + "(e.g. '\(example.original)' is also read as \(example.copies.prefix(3).map { "'\($0)'" }.joined(separator: ", "))"
+          + "\(example.copies.count > 3 ? ", ..." : "")); ONNX gradients sum over each merged tensor's readers, so training "
+          + "gives each layer its own copy, and export writes the copies as initializers of their own")
+    }
+    return notes
   }
 
   var text: String {
@@ -175,6 +217,7 @@ struct ModelReport: Encodable {
       lines.append("ops this build does not know (inspect and export work; running them does not): "
         + unknownOps.joined(separator: ", "))
     }
+    for note in notes { lines.append("note: " + note) }
     lines.append("nodes (\(nodes.count)):")
     let nameWidth = min(48, nodes.map(\.name.count).max() ?? 0)
     let opWidth = min(24, nodes.map { ($0.domain.isEmpty ? $0.op : "\($0.domain)::\($0.op)").count }.max() ?? 0)

@@ -103,7 +103,7 @@ struct InputLoader {
     if lower.hasSuffix(".pb") { return try Tensor(ModelFile.readTensor(path)) }
     if lower.hasSuffix(".npy") { return try NumpyFile.read(path) }
     if [".png", ".jpg", ".jpeg"].contains(where: { lower.hasSuffix($0) }) {
-      let declared = info.type?.shape?.map { $0.value.map(Int.init) }
+      let declared = info.type?.shape?.map { $0.size.map(Int.init) }
       var size: (height: Int, width: Int)?
       if let text = image.size {
         let parts = text.split(separator: "x").compactMap { Int($0) }

@@ -82,6 +82,31 @@ final class CLITests: XCTestCase {
     XCTAssertTrue(wrong.stderr.contains("no input of that name"), wrong.stderr)
   }
 
+  /// Older paddle2onnx/tf2onnx exports write -1 for a dynamic dimension in declared types.
+  func testNegativeDeclaredDimensionsInspectAndRun() throws {
+    let inspected = try distill(["inspect", model("negative_dims")])
+    XCTAssertEqual(inspected.status, 0, inspected.stderr)
+    XCTAssertTrue(inspected.stdout.contains("x  float32 [?,3,?,?]"), inspected.stdout)
+    XCTAssertEqual(inspected.stdout.components(separatedBy: "declare -1 for a dimension").count, 2, "said once: \(inspected.stdout)")
+    XCTAssertTrue(inspected.stdout.contains("conv1_out [?,8,?,?]"), inspected.stdout)
+    let fixed = try distill(["inspect", model("negative_dims"), "--input-shape", "x=1x3x48x192"])
+    XCTAssertTrue(fixed.stdout.contains("conv1_out [1,8,24,96]"), fixed.stdout)
+    let out = try temporaryDirectory()
+    let data = fixtures.appendingPathComponent("models/negative_dims/test_data_set_0").path
+    let run = try distill(["run", model("negative_dims"), "--data", data, "--output-dir", out])
+    XCTAssertEqual(run.status, 0, run.stderr)
+    let actual = try Tensor(ModelFile.readTensor("\(out)/output_0.pb"))
+    let expected = try Tensor(ModelFile.readTensor("\(data)/output_0.pb"))
+    XCTAssertEqual(actual.shape, [2, 2])
+    for (a, e) in zip(actual.floats, expected.floats) { XCTAssertEqual(a, e, accuracy: 1e-5) }
+    // A wrong rank is still refused.
+    let bad = try temporaryDirectory()
+    try ModelFile.writeTensor(Tensor(shape: [3, 48, 96], floats: [Float](repeating: 0.5, count: 3 * 48 * 96)).tensorValue(name: "x"), to: "\(bad)/input_0.pb")
+    let refused = try distill(["run", model("negative_dims"), "--data", bad])
+    XCTAssertEqual(refused.status, 1)
+    XCTAssertTrue(refused.stderr.contains("the model declares [?,3,?,?]"), refused.stderr)
+  }
+
   func testInspectShowsUnknownOps() throws {
     let result = try distill(["inspect", model("attributes_custom_op")])
     XCTAssertEqual(result.status, 0, result.stderr)

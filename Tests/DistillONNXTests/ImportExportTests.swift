@@ -19,7 +19,7 @@ final class ImportExportTests: XCTestCase {
   /// Reading and writing back a model with no change reproduces the onnx package's bytes exactly:
   /// every field, attribute kind, dtype encoding, function and subgraph survives.
   func testRoundTripIsByteIdentical() throws {
-    for name in ["tiny_fpn", "constant_weights", "if_subgraph", "float16_init", "all_dtypes", "attributes_custom_op", "symbolic_dims"] {
+    for name in ["tiny_fpn", "constant_weights", "if_subgraph", "float16_init", "all_dtypes", "attributes_custom_op", "symbolic_dims", "negative_dims"] {
       let path = fixtureModel(name)
       let model = try ModelFile.read(path)
       let original = try XCTUnwrap(FileManager.default.contents(atPath: path))

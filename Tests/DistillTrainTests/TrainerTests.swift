@@ -213,3 +213,36 @@ final class TrainerTests: XCTestCase {
       "{\"step\":4,\"loss\":\"inf\",\"lr\":0.01,\"skipped\":\"non-finite loss inf\"}")
   }
 }
+
+/// A PyTorch eval-mode export whose exporter merged equal-valued parameters
+/// (Tests/Fixtures/gradients/resnet18_fpn): each layer trains its own copy.
+final class MergedParameterTrainingTests: XCTestCase {
+  func testMergedParametersTrainApartAndExportAsTheirOwnInitializers() throws {
+    let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .appendingPathComponent("Fixtures/gradients/resnet18_fpn/model.onnx").path
+    let model = try ModelFile.read(path)
+    let output = try XCTUnwrap(model.graph?.outputs.first?.name)
+    let batches: (Int, inout SplitMix64) throws -> Batch = { _, random in
+      let x = random.normalTensor([2, 3, 64, 64])
+      return Batch(feeds: ["images": x], targets: [output: Tensor(shape: [2, 16, 16, 16], floats: [Float](repeating: 0.1, count: 8192))])
+    }
+    var config = toyConfig(steps: 2)
+    config.optimizer = .sgd(learningRate: 0.1)
+    let trainer = try Trainer(model: model, config: config, loss: MeanSquaredError(output: output), batches: batches)
+    XCTAssertFalse(trainer.untiedParameters.isEmpty)
+    // The exporter kept 'body.layer1.0.bn1.weight' only as an Identity of 'body.bn1.weight'.
+    XCTAssertTrue(trainer.trainable.contains("body.bn1.weight"))
+    XCTAssertTrue(trainer.trainable.contains("body.layer1.0.bn1.weight"))
+    try trainer.run(until: 2)
+    let stem = try XCTUnwrap(trainer.interpreter.parameter("body.bn1.weight")).floats
+    let block = try XCTUnwrap(trainer.interpreter.parameter("body.layer1.0.bn1.weight")).floats
+    XCTAssertNotEqual(stem, block, "merged scales train apart")
+
+    let (exported, changed) = try TrainedWeights.apply(try trainer.checkpoint(), to: model)
+    XCTAssertGreaterThan(changed, 0)
+    let graph = try XCTUnwrap(exported.graph)
+    let initializer = try XCTUnwrap(graph.initializers.first { $0.name == "body.layer1.0.bn1.weight" })
+    XCTAssertEqual(try Tensor(initializer).floats, block)
+    XCTAssertFalse(graph.nodes.contains { $0.opType == "Identity" && $0.outputs == ["body.layer1.0.bn1.weight"] })
+  }
+}

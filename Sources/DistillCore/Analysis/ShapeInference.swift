@@ -35,7 +35,7 @@ public enum ShapeInference {
     for info in declared {
       guard let type = info.type?.elementType else { continue }
       known[info.name] = StaticValue(
-        type: type, dims: info.type?.shape.map { $0.map { $0.value.map(Int.init) } })
+        type: type, dims: info.type?.shape.map { $0.map { $0.size.map(Int.init) } })
     }
     for (name, dims) in inputShapes { known[name] = StaticValue(type: known[name]?.type ?? .float, dims: dims) }
     for tensor in graph.initializers {

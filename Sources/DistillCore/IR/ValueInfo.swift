@@ -1,4 +1,6 @@
-/// One dimension of a tensor shape: a number, a symbolic name, or nothing known.
+/// One dimension of a tensor shape: a number, a symbolic name, or nothing known. A negative
+/// `value` (older paddle2onnx and tf2onnx write -1 for a dynamic dimension) is kept as written, for
+/// export, and means unknown: read sizes through `size`.
 public struct ShapeDimension: Hashable, Sendable, CustomStringConvertible {
   public var value: Int64?
   public var param: String?
@@ -8,7 +10,11 @@ public struct ShapeDimension: Hashable, Sendable, CustomStringConvertible {
     self.param = param
     self.denotation = denotation
   }
-  public var description: String { value.map(String.init) ?? param ?? "?" }
+  /// The known size: `value` when it is not negative.
+  public var size: Int64? { value.flatMap { $0 >= 0 ? $0 : nil } }
+  /// Declared as a negative number (read as unknown).
+  public var isNegative: Bool { (value ?? 0) < 0 }
+  public var description: String { size.map(String.init) ?? param ?? "?" }
 }
 
 /// An ONNX `TypeProto`: tensor types are modelled, other kinds are carried whole.

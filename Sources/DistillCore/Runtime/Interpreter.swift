@@ -263,7 +263,7 @@ public final class Interpreter: @unchecked Sendable {
       throw RuntimeError("input '\(info.name)' has shape \(tensor.shapeDescription), the model declares \(declared)")
     }
     for (dim, actual) in zip(shape, tensor.shape) {
-      if let value = dim.value, value != Int64(actual) {
+      if let value = dim.size, value != Int64(actual) {
         throw RuntimeError("input '\(info.name)' has shape \(tensor.shapeDescription), the model declares \(declared)")
       }
     }

@@ -1,0 +1,1 @@
+Bbody.bn1.weightJ 8@uÌï¾Ý‚AHp?uT@¡³@]tµÀ40>

@@ -1,0 +1,1 @@
+Bbody.layer1.1.bn1.biasJ Áıí©½`pÏ?9-Ò@R g¿L@½øÂ2@ÎbÄ?

@@ -1,0 +1,1 @@
+Bbody.layer1.1.bn2.weightJ xþ>ö£)ÀÐ·’?‘¥>f@f>‚ƒ>"Ti?/új?

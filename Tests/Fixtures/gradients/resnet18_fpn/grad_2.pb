@@ -1,0 +1,1 @@
+Bbody.bn1.biasJ Z>BŠ@à ÉA,MÝ> Êë¾BÌ A=wÁÈIæ>

@@ -1,0 +1,1 @@
+Bbody.layer1.0.bn1.weightJ °HŒ¿µ"õ?õˆÛ?–Âú;äKd??ÄÆ¹èv?4$	¿

@@ -1,0 +1,1 @@
+Bfpn.inner_blocks.0.0.biasJ@#ª@¬ÓÀÁ‡Ø@R¼¶Aªı@W^¼@ßÀÎ:¹¿ÎÌjAš•Ğ@ôAmLU@½<KA°@¸¿$H4Á2c(Á

@@ -1,0 +1,1 @@
+Bfpn.layer_blocks.0.0.biasJ@ŒëÀl­"A9Ó!A’)ƒ@¥ÛÁRúxÀÉnÇÀ!BTA[Ùø?ìH1Á3­¶@ tÁ×ÙAº8}@ØÑÀ†B?

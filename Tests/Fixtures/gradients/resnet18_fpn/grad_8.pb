@@ -1,0 +1,1 @@
+Bbody.layer1.0.bn2.biasJ D"B^yÚ?ø£Ad∫{¿¿B>ÑÅAB{¡¡
