@@ -113,8 +113,8 @@ public struct YOLODataset: DetectionSource {
     _ text: String, file: String, classCount: Int, width: Int, height: Int, summary: inout DatasetSummary
   ) -> (boxes: [[Float]], labels: [Int]) {
     var boxes: [[Float]] = [], labels: [Int] = []
-    for (offset, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-      let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
+    for (offset, line) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
+      let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
       if fields.isEmpty { continue }
       let place = "\(file):\(offset + 1)"
       func skip(_ problem: String) {
