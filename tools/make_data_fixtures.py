@@ -30,6 +30,19 @@ def write_png(path, samples, color_type, bit_depth, width, height):
         f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
+def write_interlaced_png(path, rgb):
+    """An Adam7-interlaced 8-bit RGB PNG (Pillow writes none)."""
+    height, width = rgb.shape[:2]
+    raw = b""
+    for x0, y0, dx, dy in [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]:
+        sub = rgb[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\x00" + row.tobytes() for row in sub)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
 def picture(width=W, height=H):
     yy, xx = np.mgrid[0:height, 0:width]
     rgb = np.stack([xx * 255 // (width - 1), yy * 255 // (height - 1), (xx * 7 + yy * 13) % 256], axis=-1)
@@ -98,6 +111,9 @@ def main():
     record("grey16.png", high_grey, 0)  # Pillow's convert("RGB") of its "I;16" clips to 255 instead
     assert np.array_equal(pillow("greyalpha16.png"), high_grey), "greyalpha16.png: Pillow does not keep the high byte"
     record("greyalpha16.png", high_grey, 0)
+    write_interlaced_png(os.path.join(OUT, "interlaced.png"), rgb)
+    record("interlaced.png", pillow("interlaced.png"), 0)
+    assert np.array_equal(pillow("interlaced.png"), rgb)
     levels = (grey.astype(np.uint8) >> 6).reshape(H, W // 4, 4)
     packed = (levels[..., 0] << 6 | levels[..., 1] << 4 | levels[..., 2] << 2 | levels[..., 3]).astype(np.uint8)
     write_png(os.path.join(OUT, "grey2.png"), packed, 0, 2, W, H)

@@ -33,7 +33,7 @@ final class ImageDecodeTests: XCTestCase {
     XCTAssertEqual(
       Set(pngs.map(\.file)),
       ["grey1.png", "grey2.png", "grey8.png", "greyalpha8.png", "rgb8.png", "rgba8.png", "palette8.png", "palette4.png",
-       "palette_trns.png", "grey16.png", "greyalpha16.png", "rgb16.png", "rgba16.png"])
+       "palette_trns.png", "grey16.png", "greyalpha16.png", "rgb16.png", "rgba16.png", "interlaced.png"])
     for item in pngs {
       XCTAssertEqual(item.tolerance, 0)
       try check(item)
