@@ -1,8 +1,9 @@
 import Foundation
-import DistillCore
 
 /// [SplitMix64](https://prng.di.unimi.it/splitmix64.c): a small, fast generator whose whole state
 /// is one `UInt64`, so a checkpoint can store it and a resumed run draws the same numbers.
+/// `derived(_:)` splits off independent streams keyed by numbers (an epoch, a sample's position), so
+/// work done in any order or on any thread draws the same values.
 public struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
   public var state: UInt64
 
@@ -16,6 +17,17 @@ public struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
     return z ^ (z >> 31)
   }
 
+  /// A new generator for the stream keyed by `keys`, computed from this one's state without advancing
+  /// it: the same state and keys always give the same stream, and different keys unrelated ones.
+  public func derived(_ keys: UInt64...) -> SplitMix64 {
+    var seed = state
+    for key in keys {
+      var mixer = SplitMix64(seed: seed ^ (key &* 0xD6E8_FEB8_6659_FD93))
+      seed = mixer.next()
+    }
+    return SplitMix64(seed: seed)
+  }
+
   /// Uniform in [0, 1), from the top 24 bits (every value exactly representable).
   public mutating func nextUniform() -> Float { Float(next() >> 40) * 0x1p-24 }
 
@@ -23,6 +35,11 @@ public struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
   public mutating func nextNormal() -> Float {
     let u1 = Double(next() >> 11) * 0x1p-53, u2 = Double(next() >> 11) * 0x1p-53
     return Float((-2 * log(1 - u1)).squareRoot() * cos(2 * Double.pi * u2))
+  }
+
+  /// Uniform in [low, high].
+  public mutating func nextUniform(in range: ClosedRange<Float>) -> Float {
+    range.lowerBound + (range.upperBound - range.lowerBound) * nextUniform()
   }
 
   /// A tensor of `shape` with standard-normal entries scaled by `scale`.
