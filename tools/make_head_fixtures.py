@@ -130,19 +130,37 @@ def report(name, detections, candidates=None):
     print(f"{name}: detections per image {counts}{extra}")
 
 
+def spread_head(model, std):
+    """torchvision initialises head convolutions with std 0.01, which makes every location score
+    alike (near-ties everywhere); wider weights give scores that differ from location to location."""
+    with torch.no_grad():
+        for branch in (model.head.classification_head, model.head.regression_head):
+            for m in branch.conv.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.weight.normal_(0, std)
+
+
+def print_spread(model, images):
+    with torch.no_grad():
+        logits = model.head(list(model.backbone(images).values()))["cls_logits"]
+    print(f"  class logits: std {logits.std().item():.3f}, range {logits.min().item():.2f}..{logits.max().item():.2f}")
+
+
 def make_retinanet(out):
     torch.manual_seed(1)
     sizes = tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in [16, 32, 64])
     ratios = ((0.5, 1.0, 2.0),) * 3
     model = torchvision.models.detection.RetinaNet(
         TinyBackbone(), num_classes=NUM_CLASSES, anchor_generator=AnchorGenerator(sizes, ratios),
-        topk_candidates=60, detections_per_img=40).eval()
+        topk_candidates=60, detections_per_img=100).eval()
     with torch.no_grad():
         cls = model.head.classification_head.cls_logits
-        cls.weight.normal_(0, 0.4)
-        cls.bias.copy_(torch.tensor([-3.0, -2.0, -2.5, -4.0, -1.5] * 9))
+        cls.weight.normal_(0, 4.0)
+        cls.bias.copy_(torch.tensor([-1.8, -1.6, -1.9, -2.0, -1.5] * 9))
         model.head.regression_head.bbox_reg.weight.normal_(0, 0.1)
+    spread_head(model, 0.1)
     images = torch.rand(2, 3, HEIGHT, WIDTH)
+    print_spread(model, images)
     names = [f"cls_{i}" for i in range(3)] + [f"box_{i}" for i in range(3)]
     d = os.path.join(out, "retinanet")
     os.makedirs(d, exist_ok=True)
@@ -180,15 +198,17 @@ def make_fcos(out):
     anchors = AnchorGenerator(((8,), (16,), (32,)), ((1.0,),) * 3)
     model = torchvision.models.detection.FCOS(
         TinyBackbone(32), num_classes=NUM_CLASSES, anchor_generator=anchors, score_thresh=0.2, nms_thresh=0.6,
-        detections_per_img=150, topk_candidates=80).eval()
+        detections_per_img=200, topk_candidates=80).eval()
     with torch.no_grad():
         cls = model.head.classification_head.cls_logits
-        cls.weight.normal_(0, 0.5)
+        cls.weight.normal_(0, 0.04)
         cls.bias.copy_(torch.tensor([-1.0, -0.5, -2.0, 0.0, -1.5]))
-        model.head.regression_head.bbox_reg.weight.normal_(0, 0.2)
+        model.head.regression_head.bbox_reg.weight.normal_(0, 0.03)
         model.head.regression_head.bbox_reg.bias.fill_(1.5)
-        model.head.regression_head.bbox_ctrness.weight.normal_(0, 0.5)
+        model.head.regression_head.bbox_ctrness.weight.normal_(0, 0.05)
+    spread_head(model, 0.1)
     images = torch.rand(2, 3, HEIGHT, WIDTH)
+    print_spread(model, images)
     names = [f"cls_{i}" for i in range(3)] + [f"box_{i}" for i in range(3)] + [f"ctr_{i}" for i in range(3)]
     d = os.path.join(out, "fcos")
     os.makedirs(d, exist_ok=True)
