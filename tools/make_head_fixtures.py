@@ -5,9 +5,10 @@
   input 96x128), exported to ONNX as backbone + head with raw per-level outputs (no anchors, no
   post-processing); input.npy (two images); expected.json, torchvision's own
   `postprocess_detections` on the same raw outputs; head.yaml for distill's HeadDecoder.
-- yolov8/, yolov5/, detr_softmax/, detr_sigmoid/: raw outputs (.npy) generated here, the reference
-  post-processing written below (ultralytics-style multi-label NMS with torchvision.ops.batched_nms;
-  DETR's PostProcess; Deformable DETR's top-k over queries x classes), head.yaml, expected.json.
+- yolov8/, yolov5/, detr_softmax/, detr_sigmoid/, gfl_dfl/: raw outputs (.npy) generated here, the
+  reference post-processing written below (ultralytics-style multi-label NMS with
+  torchvision.ops.batched_nms; DETR's PostProcess; Deformable DETR's top-k over queries x classes;
+  GFL's DFL integral with torchvision-style selection), head.yaml, expected.json.
 - nms.json: random clustered boxes and torchvision.ops.batched_nms's kept indices.
 - iou.json: random boxes and torchvision.ops box_iou / generalized_box_iou / distance_box_iou.
 
@@ -361,6 +362,69 @@ aux:
 """)
 
 
+def make_gfl(out):
+    """GFL/PicoDet-style dense head with DFL boxes (reg_max 7, points at (x + 0.5) * stride). The
+    reference decodes with torch ops (softmax over bins, expectation as mmdet's Integral) and selects
+    as torchvision does: per level score threshold and top-k, clip, batched_nms, max detections."""
+    g = torch.Generator().manual_seed(9)
+    reg_max, conf, top_k, iou, max_det = 7, 0.3, 50, 0.6, 100
+    cls_maps, box_maps = [], []
+    for stride in (8, 16, 32):
+        h, w = HEIGHT // stride, WIDTH // stride
+        cls_maps.append(torch.randn(2, NUM_CLASSES, h, w, generator=g) * 1.5 - 1.5)
+        box_maps.append(torch.randn(2, 4 * (reg_max + 1), h, w, generator=g) * 2)
+    results = []
+    for n in range(2):
+        boxes, scores, labels = [], [], []
+        for level, stride in enumerate((8, 16, 32)):
+            cls, box = cls_maps[level][n], box_maps[level][n]
+            h, w = cls.shape[1:]
+            prob = cls.sigmoid().permute(1, 2, 0).reshape(-1, NUM_CLASSES).flatten()
+            keep = torch.where(prob > conf)[0]
+            s, order = prob[keep].topk(min(top_k, len(keep)))
+            index = keep[order]
+            point_index, label = index // NUM_CLASSES, index % NUM_CLASSES
+            bins = box.permute(1, 2, 0).reshape(-1, 4, reg_max + 1).softmax(-1)
+            dist = (bins * torch.arange(reg_max + 1, dtype=torch.float32)).sum(-1) * stride
+            ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            px = ((xs.reshape(-1) + 0.5) * stride).float()
+            py = ((ys.reshape(-1) + 0.5) * stride).float()
+            d = dist[point_index]
+            b = torch.stack([px[point_index] - d[:, 0], py[point_index] - d[:, 1],
+                             px[point_index] + d[:, 2], py[point_index] + d[:, 3]], dim=1)
+            b[:, 0::2] = b[:, 0::2].clamp(0, WIDTH)
+            b[:, 1::2] = b[:, 1::2].clamp(0, HEIGHT)
+            boxes.append(b), scores.append(s), labels.append(label)
+        b, s, l = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+        keep = batched_nms(b, s, l, iou)
+        print(f"  gfl image {n}: candidates {len(s)}, after NMS {len(keep)}")
+        keep = keep[:max_det]
+        results.append({"boxes": b[keep].tolist(), "scores": s[keep].tolist(), "labels": l[keep].tolist()})
+    d = os.path.join(out, "gfl_dfl")
+    os.makedirs(d, exist_ok=True)
+    for level in range(3):
+        np.save(os.path.join(d, f"cls_{level}.npy"), cls_maps[level].numpy())
+        np.save(os.path.join(d, f"box_{level}.npy"), box_maps[level].numpy())
+    write_json(os.path.join(d, "expected.json"), results)
+    report("gfl_dfl", results)
+    levels = "\n".join(f"  - {{cls: cls_{i}, box: box_{i}, stride: {8 << i}}}" for i in range(3))
+    with open(os.path.join(d, "head.yaml"), "w") as f:
+        f.write(f"""# GFL/PicoDet-style dense head with distribution (DFL) box bins
+type: dense
+num_classes: {NUM_CLASSES}
+activation: sigmoid
+box_format: dfl
+reg_max: {reg_max}
+offset: 0.5
+score_threshold: {conf}
+pre_nms_top_k: {top_k}
+nms_iou: {iou}
+max_detections: {max_det}
+levels:
+{levels}
+""")
+
+
 def make_nms(out):
     g = torch.Generator().manual_seed(3)
     centres = torch.rand(25, 2, generator=g) * 200
@@ -403,6 +467,7 @@ def main():
     make_yolo(out, "yolov5", objectness=True, transpose=False, seed=6)
     make_detr(out, "detr_softmax", "softmax", seed=7)
     make_detr(out, "detr_sigmoid", "sigmoid", seed=8)
+    make_gfl(out)
     make_nms(out)
     make_iou(out)
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)

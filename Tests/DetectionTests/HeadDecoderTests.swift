@@ -103,6 +103,11 @@ final class HeadDecoderTests: XCTestCase {
     try checkAgainstFramework("yolov5", outputs: try readOutputs("yolov5", ["output0"]))
   }
 
+  func testGFLDistributionBinsMatchReference() throws {
+    let names = (0..<3).flatMap { ["cls_\($0)", "box_\($0)"] }
+    try checkAgainstFramework("gfl_dfl", outputs: try readOutputs("gfl_dfl", names))
+  }
+
   func testDETRSoftmaxMatchesPostProcess() throws {
     let names = ["pred_logits", "pred_boxes", "aux_logits_0", "aux_boxes_0"]
     try checkAgainstFramework("detr_softmax", outputs: try readOutputs("detr_softmax", names))
