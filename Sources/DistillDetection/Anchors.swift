@@ -46,7 +46,8 @@ public struct AnchorGenerator: Equatable, Sendable {
       let hRatio = ratio.squareRoot()
       let wRatio = 1 / hRatio
       for size in sizes {
-        let w = wRatio * size, h = hRatio * size
+        let w = wRatio * size
+        let h = hRatio * size
         switch style {
         case .torchvision:
           cells.append(

@@ -38,39 +38,56 @@ public struct BoxCoder: Equatable, Sendable {
   /// The box that `deltas` (dx, dy, dw, dh) encode relative to `anchor`.
   @inlinable
   public func decode(_ d0: Float, _ d1: Float, _ d2: Float, _ d3: Float, anchor: Box) -> Box {
-    let width = anchor.x2 - anchor.x1, height = anchor.y2 - anchor.y1
-    var dx: Float, dy: Float, dw: Float, dh: Float
+    let width = anchor.x2 - anchor.x1
+    let height = anchor.y2 - anchor.y1
+    var dx: Float
+    var dy: Float
+    var dw: Float
+    var dh: Float
     switch style {
     case .torchvision:
       dx = d0 / weights[0]
       dy = d1 / weights[1]
       dw = min(d2 / weights[2], clip)
       dh = min(d3 / weights[3], clip)
-      let cx = anchor.x1 + 0.5 * width, cy = anchor.y1 + 0.5 * height
-      let pcx = dx * width + cx, pcy = dy * height + cy
-      let halfW = 0.5 * (exp(dw) * width), halfH = 0.5 * (exp(dh) * height)
+      let cx = anchor.x1 + 0.5 * width
+      let cy = anchor.y1 + 0.5 * height
+      let pcx = dx * width + cx
+      let pcy = dy * height + cy
+      let halfW = 0.5 * (exp(dw) * width)
+      let halfH = 0.5 * (exp(dh) * height)
       return Box(x1: pcx - halfW, y1: pcy - halfH, x2: pcx + halfW, y2: pcy + halfH)
     case .mmdet:
       dx = d0 * stds[0] + means[0]
       dy = d1 * stds[1] + means[1]
       dw = min(max(d2 * stds[2] + means[2], -clip), clip)
       dh = min(max(d3 * stds[3] + means[3], -clip), clip)
-      let cx = (anchor.x1 + anchor.x2) * 0.5, cy = (anchor.y1 + anchor.y2) * 0.5
-      let gw = width * exp(dw), gh = height * exp(dh)
-      let gx = cx + width * dx, gy = cy + height * dy
+      let cx = (anchor.x1 + anchor.x2) * 0.5
+      let cy = (anchor.y1 + anchor.y2) * 0.5
+      let gw = width * exp(dw)
+      let gh = height * exp(dh)
+      let gx = cx + width * dx
+      let gy = cy + height * dy
       return Box(x1: gx - gw * 0.5, y1: gy - gh * 0.5, x2: gx + gw * 0.5, y2: gy + gh * 0.5)
     }
   }
 
   /// The deltas that decode to `box` relative to `anchor` (the regression target).
   public func encode(_ box: Box, anchor: Box) -> [Float] {
-    let aw = anchor.width, ah = anchor.height
-    let gw = box.width, gh = box.height
-    let dx = (box.centerX - anchor.centerX) / aw, dy = (box.centerY - anchor.centerY) / ah
-    let dw = log(gw / aw), dh = log(gh / ah)
+    let aw = anchor.width
+    let ah = anchor.height
+    let gw = box.width
+    let gh = box.height
+    let dx = (box.centerX - anchor.centerX) / aw
+    let dy = (box.centerY - anchor.centerY) / ah
+    let dw = log(gw / aw)
+    let dh = log(gh / ah)
     switch style {
     case .torchvision: return [dx * weights[0], dy * weights[1], dw * weights[2], dh * weights[3]]
-    case .mmdet: return [(dx - means[0]) / stds[0], (dy - means[1]) / stds[1], (dw - means[2]) / stds[2], (dh - means[3]) / stds[3]]
+    case .mmdet:
+      return [
+        (dx - means[0]) / stds[0], (dy - means[1]) / stds[1], (dw - means[2]) / stds[2], (dh - means[3]) / stds[3],
+      ]
     }
   }
 }

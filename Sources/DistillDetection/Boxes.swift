@@ -82,7 +82,8 @@ extension Box {
     let hullW = max(max(x2, other.x2) - min(x1, other.x1), 0)
     let hullH = max(max(y2, other.y2) - min(y1, other.y1), 0)
     let diagonal = hullW * hullW + hullH * hullH + eps
-    let dx = centerX - other.centerX, dy = centerY - other.centerY
+    let dx = centerX - other.centerX
+    let dy = centerY - other.centerY
     return iou(other) - (dx * dx + dy * dy) / diagonal
   }
 }
@@ -91,7 +92,9 @@ extension Box {
 /// `box_iou`, `generalized_box_iou`, `distance_box_iou`).
 public enum BoxMatrix {
   public static func iou(_ a: [Box], _ b: [Box]) -> [[Float]] { a.map { x in b.map { x.iou($0) } } }
-  public static func generalizedIoU(_ a: [Box], _ b: [Box]) -> [[Float]] { a.map { x in b.map { x.generalizedIoU($0) } } }
+  public static func generalizedIoU(_ a: [Box], _ b: [Box]) -> [[Float]] {
+    a.map { x in b.map { x.generalizedIoU($0) } }
+  }
   public static func distanceIoU(_ a: [Box], _ b: [Box]) -> [[Float]] { a.map { x in b.map { x.distanceIoU($0) } } }
 }
 

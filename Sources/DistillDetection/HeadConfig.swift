@@ -309,7 +309,9 @@ private struct Table {
     guard let node = node(name) else { return nil }
     guard let sequence = node.sequence else { throw HeadConfigError("'\(key(name))' must be a list of numbers") }
     return try sequence.map { item in
-      guard let value = item.float, value.isFinite else { throw HeadConfigError("'\(key(name))' must be a list of numbers") }
+      guard let value = item.float, value.isFinite else {
+        throw HeadConfigError("'\(key(name))' must be a list of numbers")
+      }
       return Float(value)
     }
   }
@@ -318,12 +320,15 @@ private struct Table {
     guard let node = node(name) else { return nil }
     guard let sequence = node.sequence else { throw HeadConfigError("'\(key(name))' must be a list of strings") }
     return try sequence.map { item in
-      guard item.scalar != nil, let value = item.string else { throw HeadConfigError("'\(key(name))' must be a list of strings") }
+      guard item.scalar != nil, let value = item.string else {
+        throw HeadConfigError("'\(key(name))' must be a list of strings")
+      }
       return value
     }
   }
 
-  mutating func choice<T: RawRepresentable & CaseIterable>(_ name: String, _: T.Type) throws -> T? where T.RawValue == String {
+  mutating func choice<T: RawRepresentable & CaseIterable>(_ name: String, _: T.Type) throws -> T?
+  where T.RawValue == String {
     guard let text = try string(name) else { return nil }
     guard let value = T(rawValue: text) else {
       let allowed = T.allCases.map(\.rawValue).joined(separator: ", ")
@@ -397,7 +402,9 @@ private enum ConfigReader {
       throw HeadConfigError("'class_names' has \(classNames.count) names but 'num_classes' is \(classes)")
     }
     if let topK, topK <= 0 { throw HeadConfigError("'pre_nms_top_k' must be positive, not \(topK)") }
-    if let maxDetections, maxDetections <= 0 { throw HeadConfigError("'max_detections' must be positive, not \(maxDetections)") }
+    if let maxDetections, maxDetections <= 0 {
+      throw HeadConfigError("'max_detections' must be positive, not \(maxDetections)")
+    }
     if let iou, !(0...1).contains(iou) { throw HeadConfigError("'nms_iou' must be in [0, 1], not \(iou)") }
     switch head {
     case .dense(let d):
@@ -482,14 +489,17 @@ private enum ConfigReader {
     }
     for (index, level) in levels.enumerated() where level.sizes == nil && scales == nil {
       throw HeadConfigError(
-        "levels[\(index)] has no 'sizes' and 'anchor_generator' has no 'scales' or 'octave_base_scale': the anchor sizes are unknown")
+        "levels[\(index)] has no 'sizes' and 'anchor_generator' has no 'scales' or 'octave_base_scale': the anchor sizes are unknown"
+      )
     }
     var coder = BoxCoder(style: style == .mmdet ? .mmdet : .torchvision)
     if var table = try top.table("box_coder") {
       coder.style = try table.choice("style", BoxCoder.Style.self) ?? coder.style
       func four(_ name: String) throws -> [Float]? {
         guard let values = try table.floats(name) else { return nil }
-        guard values.count == 4 else { throw HeadConfigError("'box_coder.\(name)' must have 4 numbers, not \(values.count)") }
+        guard values.count == 4 else {
+          throw HeadConfigError("'box_coder.\(name)' must have 4 numbers, not \(values.count)")
+        }
         return values
       }
       coder.weights = try four("weights") ?? coder.weights
@@ -547,7 +557,8 @@ private enum ConfigReader {
 
 extension HeadConfig {
   public static func == (a: HeadConfig, b: HeadConfig) -> Bool {
-    a.head == b.head && a.numClasses == b.numClasses && a.classNames == b.classNames && a.scoreThreshold == b.scoreThreshold
+    a.head == b.head && a.numClasses == b.numClasses && a.classNames == b.classNames
+      && a.scoreThreshold == b.scoreThreshold
       && a.preNMSTopK == b.preNMSTopK && a.nmsIoU == b.nmsIoU && a.maxDetections == b.maxDetections
       && a.inputWidth == b.inputWidth && a.inputHeight == b.inputHeight
   }

@@ -64,7 +64,9 @@ public struct HeadDecoder: Sendable {
     let geometry = try geometry(shapes)
     func floats(_ name: String) throws -> [Float] {
       guard let tensor = outputs[name] else { throw HeadConfigError("no output '\(name)'") }
-      guard tensor.isFloat else { throw HeadConfigError("output '\(name)' has dtype \(tensor.dtype), expected a float type") }
+      guard tensor.isFloat else {
+        throw HeadConfigError("output '\(name)' has dtype \(tensor.dtype), expected a float type")
+      }
       return tensor.floats
     }
     switch config.head {
@@ -87,7 +89,8 @@ public struct HeadDecoder: Sendable {
 
   /// Detections per image of the batch, best first.
   public func decode(outputs: [String: Tensor], imageSize: (width: Int, height: Int)) throws -> [[Detection]] {
-    let width = Float(imageSize.width), height = Float(imageSize.height)
+    let width = Float(imageSize.width)
+    let height = Float(imageSize.height)
     switch config.head {
     case .dense(let head):
       let form = try denseForm(outputs: outputs, imageSize: imageSize)
@@ -106,7 +109,6 @@ public struct HeadDecoder: Sendable {
       return try postprocessed(head, outputs)
     }
   }
-
 
   struct Geometry {
     var batch: Int
@@ -143,18 +145,21 @@ public struct HeadDecoder: Sendable {
         let key = "levels[\(index)]"
         let cls = try shape(level.cls, "\(key).cls")
         guard cls.count == 4, cls[1] == classes else {
-          throw fail(level.cls, "\(key).cls", cls, "[N,\(classes),H,W] (num_classes = \(classes) class logits per location)")
+          throw fail(
+            level.cls, "\(key).cls", cls, "[N,\(classes),H,W] (num_classes = \(classes) class logits per location)")
         }
         let (h, w) = (cls[2], cls[3])
         let box = try shape(level.box, "\(key).box")
         guard box.count == 4, box[1] == boxChannels, box[0] == cls[0], box[2] == h, box[3] == w else {
           let what = head.boxFormat == .dfl ? "4*(reg_max+1) = \(boxChannels) DFL bins" : "4 box distances"
-          throw fail(level.box, "\(key).box", box, "[\(cls[0]),\(boxChannels),\(h),\(w)] (\(what) per location of \(level.cls))")
+          throw fail(
+            level.box, "\(key).box", box, "[\(cls[0]),\(boxChannels),\(h),\(w)] (\(what) per location of \(level.cls))")
         }
         if let quality = level.quality {
           let q = try shape(quality, "\(key).quality")
           guard q.count == 4, q[1] == 1, q[0] == cls[0], q[2] == h, q[3] == w else {
-            throw fail(quality, "\(key).quality", q, "[\(cls[0]),1,\(h),\(w)] (one quality logit per location of \(level.cls))")
+            throw fail(
+              quality, "\(key).quality", q, "[\(cls[0]),1,\(h),\(w)] (one quality logit per location of \(level.cls))")
           }
         }
         geometry.levels.append((h, w, 1))
@@ -173,7 +178,9 @@ public struct HeadDecoder: Sendable {
         let (h, w) = (cls[2], cls[3])
         let box = try shape(level.box, "\(key).box")
         guard box.count == 4, box[1] == anchors * 4, box[0] == cls[0], box[2] == h, box[3] == w else {
-          throw fail(level.box, "\(key).box", box, "[\(cls[0]),\(anchors * 4),\(h),\(w)] (\(anchors) anchors x 4 deltas per location)")
+          throw fail(
+            level.box, "\(key).box", box,
+            "[\(cls[0]),\(anchors * 4),\(h),\(w)] (\(anchors) anchors x 4 deltas per location)")
         }
         geometry.levels.append((h, w, anchors))
         geometry.generators.append(generator)
@@ -186,12 +193,15 @@ public struct HeadDecoder: Sendable {
       guard output.count == 3, output[columnAxis] == columns else {
         throw fail(
           head.output, "output", output,
-          "\(layout) (layout \(head.layout.rawValue): 4 box\(head.objectness ? " + 1 objectness" : "") + \(classes) class columns)")
+          "\(layout) (layout \(head.layout.rawValue): 4 box\(head.objectness ? " + 1 objectness" : "") + \(classes) class columns)"
+        )
       }
       geometry.levels.append((1, output[3 - columnAxis], 1))
     case .detr(let head):
       let logitColumns = classes + (head.activation == .softmax ? 1 : 0)
-      for (index, layer) in ([DETRNames(head.logits, head.boxes)] + head.aux.map { DETRNames($0.logits, $0.boxes) }).enumerated() {
+      for (index, layer) in ([DETRNames(head.logits, head.boxes)] + head.aux.map { DETRNames($0.logits, $0.boxes) })
+        .enumerated()
+      {
         let prefix = index == 0 ? "" : "aux[\(index - 1)]."
         let logits = try shape(layer.logits, "\(prefix)logits")
         guard logits.count == 3, logits[2] == logitColumns else {
@@ -200,13 +210,15 @@ public struct HeadDecoder: Sendable {
         }
         let boxes = try shape(layer.boxes, "\(prefix)boxes")
         guard boxes.count == 3, boxes[0] == logits[0], boxes[1] == logits[1], boxes[2] == 4 else {
-          throw fail(layer.boxes, "\(prefix)boxes", boxes, "[\(logits[0]),\(logits[1]),4] (cx, cy, w, h per query of \(layer.logits))")
+          throw fail(
+            layer.boxes, "\(prefix)boxes", boxes,
+            "[\(logits[0]),\(logits[1]),4] (cx, cy, w, h per query of \(layer.logits))")
         }
         if index == 0 { geometry.levels.append((1, logits[1], 1)) }
       }
     case .postprocessed(let head):
       let boxes = try shape(head.boxes, "boxes")
-      guard (boxes.count == 2 || boxes.count == 3), boxes.last == 4 else {
+      guard boxes.count == 2 || boxes.count == 3, boxes.last == 4 else {
         throw fail(head.boxes, "boxes", boxes, "[K,4] or [N,K,4] xyxy boxes")
       }
       let prefix = Array(boxes.dropLast())
@@ -228,7 +240,6 @@ public struct HeadDecoder: Sendable {
     }
   }
 
-
   @inline(__always) static func sigmoid(_ x: Float) -> Float { 1 / (1 + exp(-x)) }
 
   /// Softmax of `values` in place.
@@ -242,7 +253,9 @@ public struct HeadDecoder: Sendable {
     for i in values.indices { values[i] /= sum }
   }
 
-  private func denseForm(_ head: HeadConfig.Dense, _ g: Geometry, _ floats: (String) throws -> [Float]) throws -> DenseForm {
+  private func denseForm(_ head: HeadConfig.Dense, _ g: Geometry, _ floats: (String) throws -> [Float]) throws
+    -> DenseForm
+  {
     let classes = config.numClasses
     let rows = g.levels.reduce(0) { $0 + $1.height * $1.width }
     var form = DenseForm(
@@ -253,7 +266,8 @@ public struct HeadDecoder: Sendable {
     for (index, level) in head.levels.enumerated() {
       let (h, w) = (g.levels[index].height, g.levels[index].width)
       let hw = h * w
-      let cls = try floats(level.cls), box = try floats(level.box)
+      let cls = try floats(level.cls)
+      let box = try floats(level.box)
       let quality = try level.quality.map { try floats($0) }
       let points = gridPoints(height: h, width: w, stride: level.stride, offset: head.offset)
       form.levels.append(start..<(start + hw))
@@ -271,7 +285,9 @@ public struct HeadDecoder: Sendable {
           }
           if let quality {
             let q = HeadDecoder.sigmoid(quality[n * hw + p])
-            for c in 0..<classes { logits[c] = head.qualityMode == .sqrt ? (logits[c] * q).squareRoot() : logits[c] * q }
+            for c in 0..<classes {
+              logits[c] = head.qualityMode == .sqrt ? (logits[c] * q).squareRoot() : logits[c] * q
+            }
           }
           for c in 0..<classes { form.scores[row * classes + c] = logits[c] }
           var d: (Float, Float, Float, Float)
@@ -294,7 +310,8 @@ public struct HeadDecoder: Sendable {
             d = (sides[0], sides[1], sides[2], sides[3])
           }
           let point = points[p]
-          form.boxes.replaceSubrange(row * 4..<row * 4 + 4, with: [point.x - d.0, point.y - d.1, point.x + d.2, point.y + d.3])
+          form.boxes.replaceSubrange(
+            row * 4..<row * 4 + 4, with: [point.x - d.0, point.y - d.1, point.x + d.2, point.y + d.3])
         }
       }
       start += hw
@@ -302,7 +319,9 @@ public struct HeadDecoder: Sendable {
     return form
   }
 
-  private func denseForm(_ head: HeadConfig.Anchors, _ g: Geometry, _ floats: (String) throws -> [Float]) throws -> DenseForm {
+  private func denseForm(_ head: HeadConfig.Anchors, _ g: Geometry, _ floats: (String) throws -> [Float]) throws
+    -> DenseForm
+  {
     let classes = config.numClasses
     let rows = g.levels.reduce(0) { $0 + $1.height * $1.width * $1.anchors }
     var form = DenseForm(
@@ -312,7 +331,8 @@ public struct HeadDecoder: Sendable {
     for (index, level) in head.levels.enumerated() {
       let (h, w, a) = g.levels[index]
       let hw = h * w
-      let cls = try floats(level.cls), box = try floats(level.box)
+      let cls = try floats(level.cls)
+      let box = try floats(level.box)
       let anchors = g.generators[index].anchors(height: h, width: w)
       form.levels.append(start..<(start + hw * a))
       form.priors += anchors
@@ -342,7 +362,9 @@ public struct HeadDecoder: Sendable {
     return form
   }
 
-  private func denseForm(_ head: HeadConfig.YOLO, _ g: Geometry, _ floats: (String) throws -> [Float]) throws -> DenseForm {
+  private func denseForm(_ head: HeadConfig.YOLO, _ g: Geometry, _ floats: (String) throws -> [Float]) throws
+    -> DenseForm
+  {
     let classes = config.numClasses
     let rows = g.levels[0].width
     let columns = 4 + (head.objectness ? 1 : 0) + classes
@@ -354,10 +376,13 @@ public struct HeadDecoder: Sendable {
     var probabilities = [Float](repeating: 0, count: classes)
     for n in 0..<g.batch {
       for r in 0..<rows {
-        @inline(__always) func value(_ k: Int) -> Float { first ? values[(n * rows + r) * columns + k] : values[(n * columns + k) * rows + r] }
+        @inline(__always) func value(_ k: Int) -> Float {
+          first ? values[(n * rows + r) * columns + k] : values[(n * columns + k) * rows + r]
+        }
         let box =
           head.boxFormat == .xywh
-          ? Box(cxcywh: value(0), value(1), value(2), value(3)) : Box(x1: value(0), y1: value(1), x2: value(2), y2: value(3))
+          ? Box(cxcywh: value(0), value(1), value(2), value(3))
+          : Box(x1: value(0), y1: value(1), x2: value(2), y2: value(3))
         let row = n * rows + r
         form.boxes.replaceSubrange(row * 4..<row * 4 + 4, with: box.xyxy)
         let offset = head.objectness ? 5 : 4
@@ -373,23 +398,28 @@ public struct HeadDecoder: Sendable {
         case .none:
           if head.objectness { objectness = value(4) }
         }
-        for c in 0..<classes { form.scores[row * classes + c] = head.objectness ? probabilities[c] * objectness : probabilities[c] }
+        for c in 0..<classes {
+          form.scores[row * classes + c] = head.objectness ? probabilities[c] * objectness : probabilities[c]
+        }
       }
     }
     return form
   }
 
   private func denseForm(
-    _ head: HeadConfig.DETR, _ names: (logits: String, boxes: String), _ g: Geometry, _ imageSize: (width: Int, height: Int),
+    _ head: HeadConfig.DETR, _ names: (logits: String, boxes: String), _ g: Geometry,
+    _ imageSize: (width: Int, height: Int),
     _ floats: (String) throws -> [Float]
   ) throws -> DenseForm {
     let columns = config.numClasses + (head.activation == .softmax ? 1 : 0)
     let queries = g.levels[0].width
-    let logits = try floats(names.logits), boxes = try floats(names.boxes)
+    let logits = try floats(names.logits)
+    let boxes = try floats(names.boxes)
     var form = DenseForm(
       batch: g.batch, count: queries, numClasses: columns, boxes: [Float](repeating: 0, count: g.batch * queries * 4),
       scores: [Float](repeating: 0, count: g.batch * queries * columns), levels: [0..<queries], priors: [])
-    let width = Float(imageSize.width), height = Float(imageSize.height)
+    let width = Float(imageSize.width)
+    let height = Float(imageSize.height)
     var row = [Float](repeating: 0, count: columns)
     for i in 0..<(g.batch * queries) {
       for c in 0..<columns { row[c] = logits[i * columns + c] }
@@ -404,7 +434,6 @@ public struct HeadDecoder: Sendable {
     }
     return form
   }
-
 
   /// Threshold, top-k (per level or over the image), class-aware NMS, `max_detections`. torchvision
   /// clips boxes to the image before NMS; ultralytics after.
@@ -453,10 +482,13 @@ public struct HeadDecoder: Sendable {
       let box = form.box(image: n, row: q)
       if softmax {
         var best = 0
-        for c in 1..<classes where form.score(image: n, row: q, classIndex: c) > form.score(image: n, row: q, classIndex: best) { best = c }
+        for c in 1..<classes
+        where form.score(image: n, row: q, classIndex: c) > form.score(image: n, row: q, classIndex: best) { best = c }
         found.append(Detection(box: box, score: form.score(image: n, row: q, classIndex: best), classIndex: best))
       } else {
-        for c in 0..<classes { found.append(Detection(box: box, score: form.score(image: n, row: q, classIndex: c), classIndex: c)) }
+        for c in 0..<classes {
+          found.append(Detection(box: box, score: form.score(image: n, row: q, classIndex: c), classIndex: c))
+        }
       }
     }
     let order = NMS.sortedByScore(Array(found.indices), found.map(\.score))
@@ -464,17 +496,23 @@ public struct HeadDecoder: Sendable {
   }
 
   private func postprocessed(_ head: HeadConfig.Postprocessed, _ outputs: [String: Tensor]) throws -> [[Detection]] {
-    let boxes = outputs[head.boxes]!, scores = outputs[head.scores]!, labels = outputs[head.labels]!
+    let boxes = outputs[head.boxes]!
+    let scores = outputs[head.scores]!
+    let labels = outputs[head.labels]!
     let batch = boxes.rank == 3 ? boxes.shape[0] : 1
     let count = boxes.shape[boxes.rank - 2]
-    let b = boxes.asFloats, s = scores.asFloats, l = labels.asInts
+    let b = boxes.asFloats
+    let s = scores.asFloats
+    let l = labels.asInts
     return (0..<batch).map { n in
       var detections: [Detection] = []
       for k in 0..<count {
         let i = n * count + k
         if config.scoreThreshold > 0 && !(s[i] > config.scoreThreshold) { continue }
         detections.append(
-          Detection(box: Box(x1: b[i * 4], y1: b[i * 4 + 1], x2: b[i * 4 + 2], y2: b[i * 4 + 3]), score: s[i], classIndex: Int(l[i])))
+          Detection(
+            box: Box(x1: b[i * 4], y1: b[i * 4 + 1], x2: b[i * 4 + 2], y2: b[i * 4 + 3]), score: s[i],
+            classIndex: Int(l[i])))
       }
       return Array(detections.prefix(config.maxDetections))
     }

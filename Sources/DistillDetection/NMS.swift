@@ -37,7 +37,8 @@ public enum NMS {
 
   static func sortedByScore(_ indices: [Int], _ scores: [Float]) -> [Int] {
     indices.enumerated().sorted { a, b in
-      let sa = scores[a.element], sb = scores[b.element]
+      let sa = scores[a.element]
+      let sb = scores[b.element]
       return sa != sb ? sa > sb : a.offset < b.offset
     }.map(\.element)
   }

@@ -127,7 +127,8 @@ final class HeadDecoderTests: XCTestCase {
     XCTAssertEqual(form.count, (12 * 16 + 6 * 8 + 3 * 4) * 9)
     XCTAssertEqual(form.levels.map(\.count), [12 * 16 * 9, 6 * 8 * 9, 3 * 4 * 9])
     XCTAssertEqual(form.priors.count, form.count)
-    XCTAssertEqual(form.priors[0], Box(x1: -11, y1: -6, x2: 11, y2: 6), "torchvision's rounded cell anchor (ratio 0.5, size 16)")
+    XCTAssertEqual(
+      form.priors[0], Box(x1: -11, y1: -6, x2: 11, y2: 6), "torchvision's rounded cell anchor (ratio 0.5, size 16)")
     let detections = try decoder.decode(outputs: outputs, imageSize: imageSize)[1]
     for detection in detections.prefix(10) {
       let found = (0..<form.count).contains { row in
@@ -163,7 +164,8 @@ final class BoxOpsTests: XCTestCase {
   func testIoUGIoUDIoUMatchTorchvisionOps() throws {
     let data = try Data(contentsOf: headFixtures.appendingPathComponent("iou.json"))
     let f = try JSONDecoder().decode(IoUFixture.self, from: data)
-    let a = boxes(f.a), b = boxes(f.b)
+    let a = boxes(f.a)
+    let b = boxes(f.b)
     for (name, actual, expected) in [
       ("iou", BoxMatrix.iou(a, b), f.iou), ("giou", BoxMatrix.generalizedIoU(a, b), f.giou),
       ("diou", BoxMatrix.distanceIoU(a, b), f.diou),
@@ -207,16 +209,20 @@ final class BoxOpsTests: XCTestCase {
     }
     let torchvision = BoxCoder(style: .torchvision)
     XCTAssertEqual(torchvision.decode(0, 0, 100, -100, anchor: anchor).width, 40 * 1000 / 16, accuracy: 0.1)
-    XCTAssertEqual(torchvision.decode(0, 0, 100, -100, anchor: anchor).height, 20 * exp(-100), accuracy: 1e-6, "no lower clamp")
+    XCTAssertEqual(
+      torchvision.decode(0, 0, 100, -100, anchor: anchor).height, 20 * exp(-100), accuracy: 1e-6, "no lower clamp")
     let mmdet = BoxCoder(style: .mmdet, clip: abs(log(16 / 1000)))
-    XCTAssertEqual(mmdet.decode(0, 0, 0, -100, anchor: anchor).height, 20 * 16 / 1000, accuracy: 1e-4, "clamped both ways")
+    XCTAssertEqual(
+      mmdet.decode(0, 0, 0, -100, anchor: anchor).height, 20 * 16 / 1000, accuracy: 1e-4, "clamped both ways")
   }
 
   func testMMDetAnchorsAreUnroundedAndOffset() {
     let scales = AnchorGenerator.octaveScales(octaveBaseScale: 4, scalesPerOctave: 3)
     XCTAssertEqual(scales[1], 4 * pow(2, 1.0 / 3), accuracy: 1e-5)
     let mmdet = AnchorGenerator(style: .mmdet, aspectRatios: [1], sizes: [33], stride: 8, centerOffset: 0.5)
-    XCTAssertEqual(mmdet.anchors(height: 2, width: 2)[3], Box(x1: 8 + 4 - 16.5, y1: 8 + 4 - 16.5, x2: 8 + 4 + 16.5, y2: 8 + 4 + 16.5))
+    XCTAssertEqual(
+      mmdet.anchors(height: 2, width: 2)[3], Box(x1: 8 + 4 - 16.5, y1: 8 + 4 - 16.5, x2: 8 + 4 + 16.5, y2: 8 + 4 + 16.5)
+    )
     let torchvision = AnchorGenerator(style: .torchvision, aspectRatios: [1], sizes: [33], stride: 8)
     XCTAssertEqual(torchvision.cellAnchors, [Box(x1: -16, y1: -16, x2: 16, y2: 16)], "round half to even")
   }
