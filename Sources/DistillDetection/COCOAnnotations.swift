@@ -87,67 +87,68 @@ public struct COCOAnnotations: Sendable {
   private static func sortedIds(of categories: [Category]) -> [Int] { categories.map(\.id).sorted() }
 
   /// Reads a COCO annotation file. Throws `COCOError` naming the file and the entry for malformed
-  /// JSON (with line and column), missing or mistyped fields, boxes that are not four finite numbers
-  /// with non-negative width and height, duplicate image or category ids, and annotations whose
-  /// image or category is not in the file (naming the annotation id).
+  /// JSON (with line and column), missing or mistyped fields (with their path, `annotations[3].bbox`),
+  /// boxes that are not four finite numbers with non-negative width and height, duplicate image or
+  /// category ids, and annotations whose image or category is not in the file (naming the annotation id).
   public static func load(_ path: String) throws -> COCOAnnotations {
-    guard let root = try COCOJSON.parse(path) as? [String: Any] else {
-      throw COCOError("\(path): expected a JSON object with \"images\", \"categories\" and \"annotations\"")
-    }
-    func list(_ key: String) throws -> [[String: Any]] {
-      guard let value = root[key] else { throw COCOError("\(path): no \"\(key)\" list") }
-      guard let entries = value as? [Any] else { throw COCOError("\(path): \"\(key)\" is not a list") }
-      return try entries.enumerated().map { index, entry in
-        guard let object = entry as? [String: Any] else { throw COCOError("\(path): \(key)[\(index)] is not an object") }
-        return object
-      }
-    }
-
-    var images: [ImageEntry] = []
+    let file = try COCOJSON.decode(AnnotationFile.self, from: path)
     var imageIds = Set<Int>()
-    for (index, entry) in try list("images").enumerated() {
-      guard let id = COCOJSON.integer(entry["id"]) else { throw COCOError("\(path): images[\(index)]: \"id\" is missing or not an integer") }
-      guard let fileName = entry["file_name"] as? String else { throw COCOError("\(path): image \(id): \"file_name\" is missing or not a string") }
-      let width = entry["width"].map(COCOJSON.integer) ?? 0, height = entry["height"].map(COCOJSON.integer) ?? 0
-      guard let width, let height, width >= 0, height >= 0 else {
-        throw COCOError("\(path): image \(id): \"width\" and \"height\" must be non-negative integers")
-      }
-      guard imageIds.insert(id).inserted else { throw COCOError("\(path): image id \(id) appears twice") }
-      images.append(ImageEntry(id: id, fileName: fileName, width: width, height: height))
+    for image in file.images {
+      guard imageIds.insert(image.id).inserted else { throw COCOError("\(path): image id \(image.id) appears twice") }
+      guard (image.width ?? 0) >= 0, (image.height ?? 0) >= 0 else { throw COCOError("\(path): image \(image.id): negative width or height") }
     }
-
-    var categories: [Category] = []
     var categoryIds = Set<Int>()
-    for (index, entry) in try list("categories").enumerated() {
-      guard let id = COCOJSON.integer(entry["id"]) else { throw COCOError("\(path): categories[\(index)]: \"id\" is missing or not an integer") }
-      guard let name = entry["name"] as? String else { throw COCOError("\(path): category \(id): \"name\" is missing or not a string") }
-      guard categoryIds.insert(id).inserted else { throw COCOError("\(path): category id \(id) appears twice") }
-      categories.append(Category(id: id, name: name))
+    for category in file.categories where !categoryIds.insert(category.id).inserted {
+      throw COCOError("\(path): category id \(category.id) appears twice")
     }
-
-    var objects: [Object] = []
-    for (index, entry) in try list("annotations").enumerated() {
-      guard let id = COCOJSON.integer(entry["id"]) else { throw COCOError("\(path): annotations[\(index)]: \"id\" is missing or not an integer") }
-      let name = "\(path): annotation \(id)"
-      guard let imageId = COCOJSON.integer(entry["image_id"]) else { throw COCOError("\(name): \"image_id\" is missing or not an integer") }
-      guard let categoryId = COCOJSON.integer(entry["category_id"]) else { throw COCOError("\(name): \"category_id\" is missing or not an integer") }
-      guard imageIds.contains(imageId) else { throw COCOError("\(name): image_id \(imageId) is not an image of the file") }
-      guard categoryIds.contains(categoryId) else { throw COCOError("\(name): category_id \(categoryId) is not a category of the file") }
-      guard let box = COCOJSON.box(entry["bbox"]) else {
-        throw COCOError("\(name): \"bbox\" must be [x, y, width, height], four finite numbers with width and height >= 0")
+    let objects = try file.annotations.map { entry in
+      let name = "\(path): annotation \(entry.id)"
+      guard imageIds.contains(entry.imageId) else { throw COCOError("\(name): image_id \(entry.imageId) is not an image of the file") }
+      guard categoryIds.contains(entry.categoryId) else {
+        throw COCOError("\(name): category_id \(entry.categoryId) is not a category of the file")
       }
-      var area = box[2] * box[3]
-      if let given = entry["area"] {
-        guard let number = COCOJSON.finiteNumber(given), number >= 0 else { throw COCOError("\(name): \"area\" is not a finite number >= 0") }
-        area = number
+      guard COCOJSON.isValidBox(entry.bbox) else {
+        throw COCOError("\(name): bbox \(entry.bbox) is not [x, y, width, height] with width and height >= 0")
       }
-      var isCrowd = false
-      if let given = entry["iscrowd"] {
-        guard let flag = COCOJSON.flag(given) else { throw COCOError("\(name): \"iscrowd\" must be 0 or 1") }
-        isCrowd = flag
-      }
-      objects.append(Object(id: id, imageId: imageId, categoryId: categoryId, box: box, area: area, isCrowd: isCrowd))
+      if let area = entry.area, !(area.isFinite && area >= 0) { throw COCOError("\(name): area \(area) is not a finite number >= 0") }
+      return Object(
+        id: entry.id, imageId: entry.imageId, categoryId: entry.categoryId, box: entry.bbox,
+        area: entry.area ?? entry.bbox[2] * entry.bbox[3], isCrowd: entry.iscrowd?.value ?? false)
     }
-    return COCOAnnotations(images: images, categories: categories, annotations: objects)
+    return COCOAnnotations(
+      images: file.images.map { ImageEntry(id: $0.id, fileName: $0.fileName, width: $0.width ?? 0, height: $0.height ?? 0) },
+      categories: file.categories.map { Category(id: $0.id, name: $0.name) }, annotations: objects)
   }
+}
+
+/// The fields of an annotation file that are read.
+private struct AnnotationFile: Decodable {
+  struct Image: Decodable {
+    let id: Int
+    let fileName: String
+    let width: Int?
+    let height: Int?
+
+    enum CodingKeys: String, CodingKey { case id, fileName = "file_name", width, height }
+  }
+
+  struct Category: Decodable {
+    let id: Int
+    let name: String
+  }
+
+  struct Annotation: Decodable {
+    let id: Int
+    let imageId: Int
+    let categoryId: Int
+    let bbox: [Double]
+    let area: Double?
+    let iscrowd: COCOJSON.Flag?
+
+    enum CodingKeys: String, CodingKey { case id, imageId = "image_id", categoryId = "category_id", bbox, area, iscrowd }
+  }
+
+  let images: [Image]
+  let categories: [Category]
+  let annotations: [Annotation]
 }

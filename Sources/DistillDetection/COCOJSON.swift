@@ -9,11 +9,13 @@ public struct COCOError: Error, CustomStringConvertible, Equatable, Sendable {
   public init(_ description: String) { self.description = description }
 }
 
-/// Reading of COCO JSON files: parsing with syntax errors located by line and column, and typed
-/// access to fields with messages that name the entry.
+/// Reading of COCO JSON files: decoding with syntax errors located by line and column and type
+/// errors located by their path in the document (`annotations[3].bbox[1]`).
+///
+/// JSONDecoder, not JSONSerialization: on Linux the latter reads long decimals (0.8999999999999999,
+/// as Python writes float64 values) through NSDecimalNumber and returns doubles a few ulps off.
 enum COCOJSON {
-  /// Parses the file at `path`. A syntax error is reported as `path:LINE:COLUMN: message`.
-  static func parse(_ path: String) throws -> Any {
+  static func decode<Document: Decodable>(_ type: Document.Type, from path: String) throws -> Document {
     let data: Data
     do {
       data = try Data(contentsOf: URL(fileURLWithPath: path))
@@ -21,41 +23,72 @@ enum COCOJSON {
       throw COCOError("\(path): cannot read the file (\(error.localizedDescription))")
     }
     do {
-      return try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-    } catch {
+      return try JSONDecoder().decode(Document.self, from: data)
+    } catch let error as DecodingError {
+      // The decoder may report a type error before a syntax error further on; syntax comes first.
       let bytes = [UInt8](data)
       if let syntax = JSONSyntaxScan.firstError(in: bytes) {
         let (line, column) = JSONSyntaxScan.lineAndColumn(of: syntax.offset, in: bytes)
         throw COCOError("\(path):\(line):\(column): malformed JSON: \(syntax.message)")
       }
-      throw COCOError("\(path): malformed JSON (\(error.localizedDescription))")
+      switch error {
+      case .dataCorrupted(let context) where context.codingPath.isEmpty:
+        throw COCOError("\(path): malformed JSON (\(context.debugDescription))")
+      case .dataCorrupted(let context):
+        throw COCOError("\(path): \(location(context.codingPath)): \(context.debugDescription)")
+      case .typeMismatch(let expected, let context), .valueNotFound(let expected, let context):
+        throw COCOError("\(path): \(location(context.codingPath)): expected \(describe(expected))")
+      case .keyNotFound(let key, let context):
+        throw COCOError("\(path): \(location(context.codingPath)): missing \"\(key.stringValue)\"")
+      @unknown default:
+        throw COCOError("\(path): \(error)")
+      }
     }
   }
 
-  static func integer(_ value: Any?) -> Int? {
-    if let value = value as? Int { return value }
-    if let number = value as? NSNumber { return Int(exactly: number.doubleValue) }
-    return nil
+  /// `annotations[3].bbox`; `the top level` for the empty path.
+  static func location(_ codingPath: [any CodingKey]) -> String {
+    guard !codingPath.isEmpty else { return "the top level" }
+    return codingPath.enumerated().map { position, key in
+      if let index = key.intValue { return "[\(index)]" }
+      return position == 0 ? key.stringValue : ".\(key.stringValue)"
+    }.joined()
   }
 
-  static func finiteNumber(_ value: Any?) -> Double? {
-    guard let number = value as? NSNumber else { return nil }
-    let double = number.doubleValue
-    return double.isFinite ? double : nil
+  private static func describe(_ type: Any.Type) -> String {
+    switch type {
+    case is Int.Type: return "an integer"
+    case is Double.Type: return "a number"
+    case is String.Type: return "a string"
+    case is Bool.Type: return "true or false"
+    case is [Any].Type: return "a list"
+    case is [String: Any].Type: return "an object"
+    default:
+      let name = "\(type)"
+      return name.hasPrefix("Array") ? "a list" : name.hasPrefix("Dictionary") ? "an object" : name
+    }
   }
 
   /// A COCO `[x, y, width, height]` box: four finite numbers, width and height not negative.
-  static func box(_ value: Any?) -> [Double]? {
-    guard let array = value as? [Any], array.count == 4 else { return nil }
-    let numbers = array.compactMap(finiteNumber)
-    guard numbers.count == 4, numbers[2] >= 0, numbers[3] >= 0 else { return nil }
-    return numbers
+  static func isValidBox(_ box: [Double]) -> Bool {
+    box.count == 4 && box.allSatisfy(\.isFinite) && box[2] >= 0 && box[3] >= 0
   }
 
   /// A COCO flag such as `iscrowd`: 0/1 or false/true.
-  static func flag(_ value: Any?) -> Bool? {
-    if let integer = integer(value), integer == 0 || integer == 1 { return integer == 1 }
-    return value as? Bool
+  struct Flag: Decodable {
+    let value: Bool
+
+    init(from decoder: any Decoder) throws {
+      let container = try decoder.singleValueContainer()
+      if let value = try? container.decode(Bool.self) {
+        self.value = value
+        return
+      }
+      guard let number = try? container.decode(Int.self), number == 0 || number == 1 else {
+        throw DecodingError.dataCorruptedError(in: container, debugDescription: "expected 0 or 1")
+      }
+      value = number == 1
+    }
   }
 }
 

@@ -20,32 +20,24 @@ public struct COCODetection: Sendable, Equatable {
 public enum COCOResults {
   /// Reads a results file, checking every entry against `annotations`. Throws `COCOError` naming the
   /// file and the entry (its 0-based index in the list) for malformed JSON (with line and column),
-  /// missing or mistyped fields, non-finite numbers, negative box sizes, and image or category ids
+  /// missing or mistyped fields (with their path, `[17].score`), negative box sizes, and image or category ids
   /// that `annotations` does not have. (pycocotools refuses unknown images too, but silently drops
   /// detections of unknown categories; here they are an error.)
   public static func load(_ path: String, against annotations: COCOAnnotations) throws -> [COCODetection] {
-    guard let entries = try COCOJSON.parse(path) as? [Any] else {
-      throw COCOError("\(path): expected a JSON list of {\"image_id\", \"category_id\", \"bbox\", \"score\"} objects")
-    }
+    let entries = try COCOJSON.decode([ResultEntry].self, from: path)
     let imageIds = Set(annotations.images.map(\.id))
-    var detections: [COCODetection] = []
-    detections.reserveCapacity(entries.count)
-    for (index, value) in entries.enumerated() {
+    return try entries.enumerated().map { index, entry in
       let name = "\(path): result \(index)"
-      guard let entry = value as? [String: Any] else { throw COCOError("\(name): not an object") }
-      guard let imageId = COCOJSON.integer(entry["image_id"]) else { throw COCOError("\(name): \"image_id\" is missing or not an integer") }
-      guard let categoryId = COCOJSON.integer(entry["category_id"]) else { throw COCOError("\(name): \"category_id\" is missing or not an integer") }
-      guard imageIds.contains(imageId) else { throw COCOError("\(name): image_id \(imageId) is not an image of the annotations") }
-      guard annotations.classIndex(ofCategory: categoryId) != nil else {
-        throw COCOError("\(name): category_id \(categoryId) is not a category of the annotations")
+      guard imageIds.contains(entry.imageId) else { throw COCOError("\(name): image_id \(entry.imageId) is not an image of the annotations") }
+      guard annotations.classIndex(ofCategory: entry.categoryId) != nil else {
+        throw COCOError("\(name): category_id \(entry.categoryId) is not a category of the annotations")
       }
-      guard let box = COCOJSON.box(entry["bbox"]) else {
-        throw COCOError("\(name): \"bbox\" must be [x, y, width, height], four finite numbers with width and height >= 0")
+      guard COCOJSON.isValidBox(entry.bbox) else {
+        throw COCOError("\(name): bbox \(entry.bbox) is not [x, y, width, height] with width and height >= 0")
       }
-      guard let score = COCOJSON.finiteNumber(entry["score"]) else { throw COCOError("\(name): \"score\" is missing or not a finite number") }
-      detections.append(COCODetection(imageId: imageId, categoryId: categoryId, box: box, score: score))
+      guard entry.score.isFinite else { throw COCOError("\(name): score is not finite") }
+      return COCODetection(imageId: entry.imageId, categoryId: entry.categoryId, box: entry.bbox, score: entry.score)
     }
-    return detections
   }
 
   /// The JSON text of a results file for `detections` (the form `load` reads and pycocotools' `loadRes` takes).
@@ -55,4 +47,13 @@ public enum COCOResults {
     }
     return try JSONSerialization.data(withJSONObject: entries, options: [.sortedKeys])
   }
+}
+
+private struct ResultEntry: Decodable {
+  let imageId: Int
+  let categoryId: Int
+  let bbox: [Double]
+  let score: Double
+
+  enum CodingKeys: String, CodingKey { case imageId = "image_id", categoryId = "category_id", bbox, score }
 }
