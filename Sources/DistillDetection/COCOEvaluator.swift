@@ -126,22 +126,30 @@ public struct COCOEvaluator: Sendable {
       var perArea = [ImageMatches](repeating: ImageMatches(), count: areaCount)
       for image in images {
         let key = cls * imageCount + image
-        let truths = (groundTruthByCell[key] ?? []).map { annotations.annotations[$0] }
-        let ranked = Self.rankedByScore((detectionsByCell[key] ?? []).map { detections[$0] }).prefix(Self.maxDetections.last!)
-        let scored = Array(ranked)
-        var ious = [Double](repeating: 0, count: scored.count * truths.count)
-        for (d, detection) in scored.enumerated() {
+        let truths = groundTruthByCell[key] ?? []
+        let ranked = Self.rankedByScore(detectionsByCell[key] ?? [], in: detections).prefix(Self.maxDetections.last!)
+        let truthCrowd = truths.map { annotations.annotations[$0].isCrowd }
+        var ious = [Double](repeating: 0, count: ranked.count * truths.count)
+        for (d, detection) in ranked.enumerated() {
+          let box = detections[detection].box
           for (g, truth) in truths.enumerated() {
-            ious[d * truths.count + g] = Self.iou(detection: detection.box, groundTruth: truth.box, crowd: truth.isCrowd)
+            ious[d * truths.count + g] = Self.iou(detection: box, groundTruth: annotations.annotations[truth].box, crowd: truthCrowd[g])
           }
         }
+        let cell = ImageMatches.Cell(
+          scores: ranked.map { detections[$0].score }, detectionAreas: ranked.map { detections[$0].box[2] * detections[$0].box[3] },
+          truthCrowd: truthCrowd, truthAreas: truths.map { annotations.annotations[$0].area }, ious: ious)
         for area in 0..<areaCount {
-          perArea[area].append(detections: scored, truths: truths, ious: ious, range: Self.areaRanges[area])
+          perArea[area].append(cell, range: Self.areaRanges[area])
         }
       }
+      // Every area range holds the same detections; rank them once (stable: score, then image order).
+      let scores = perArea[0].scores
+      let ranked = (0..<scores.count).sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
       for area in 0..<areaCount where perArea[area].relevantTruthCount > 0 && !images.isEmpty {
         for (limitIndex, limit) in Self.maxDetections.enumerated() {
-          let curve = perArea[area].precisionRecall(limit: limit, thresholdCount: thresholdCount, recallCount: recallCount)
+          let curve = perArea[area].precisionRecall(
+            ranked: ranked, limit: limit, thresholdCount: thresholdCount, recallCount: recallCount)
           precision[cls][area][limitIndex] = curve.precision
           recall[cls][area][limitIndex] = curve.recall
         }
@@ -190,10 +198,9 @@ public struct COCOEvaluator: Sendable {
     return COCOEvaluation(stats: stats, perClass: perClass)
   }
 
-  /// Highest score first; equal scores keep their order (numpy's mergesort on -score).
-  static func rankedByScore(_ detections: [COCODetection]) -> [COCODetection] {
-    detections.enumerated().sorted { $0.element.score > $1.element.score || ($0.element.score == $1.element.score && $0.offset < $1.offset) }
-      .map(\.element)
+  /// Indices of `detections` highest score first; equal scores keep their order (numpy's mergesort on -score).
+  static func rankedByScore(_ indices: [Int], in detections: [COCODetection]) -> [Int] {
+    indices.sorted { detections[$0].score > detections[$1].score || (detections[$0].score == detections[$1].score && $0 < $1) }
   }
 }
 
@@ -204,31 +211,46 @@ private struct ImageMatches {
   /// Per detection, T flags (threshold-major within the detection).
   var matched: [Bool] = []
   var ignored: [Bool] = []
-  /// Offsets into `scores` where each image's detections start, plus the end.
-  var imageStarts: [Int] = [0]
+  /// Each detection's rank among its image's detections (0 = highest score).
+  var rankInImage: [Int] = []
   /// Ground truths neither crowd nor outside the area range.
   var relevantTruthCount = 0
 
+  /// One image's ranked detections (at most 100) and ground truths of one class.
+  struct Cell {
+    var scores: [Double]
+    /// w * h of each detection.
+    var detectionAreas: [Double]
+    var truthCrowd: [Bool]
+    /// The ground truths' `area` fields.
+    var truthAreas: [Double]
+    /// detections x ground truths, row-major.
+    var ious: [Double]
+  }
+
   /// Greedy matching of one image's ranked detections (pycocotools' `evaluateImg`).
-  mutating func append(detections: [COCODetection], truths: [COCOAnnotations.Object], ious: [Double], range: ClosedRange<Double>) {
-    let thresholds = COCOEvaluator.iouThresholds
-    let truthIgnored = truths.map { $0.isCrowd || !range.contains($0.area) }
-    let order = truths.indices.filter { !truthIgnored[$0] } + truths.indices.filter { truthIgnored[$0] }
+  mutating func append(_ cell: Cell, range: ClosedRange<Double>) {
+    let thresholds = COCOEvaluator.iouThresholds, thresholdCount = thresholds.count
+    let detectionCount = cell.scores.count, truthCount = cell.truthCrowd.count
+    let truthIgnored = (0..<truthCount).map { cell.truthCrowd[$0] || !range.contains(cell.truthAreas[$0]) }
+    let order = truthIgnored.indices.filter { !truthIgnored[$0] } + truthIgnored.indices.filter { truthIgnored[$0] }
     relevantTruthCount += truthIgnored.lazy.filter { !$0 }.count
-    let base = scores.count, thresholdCount = thresholds.count
-    scores += detections.map(\.score)
-    matched += repeatElement(false, count: detections.count * thresholdCount)
-    ignored += repeatElement(false, count: detections.count * thresholdCount)
-    let truthCount = truths.count
+    let base = scores.count
+    scores.append(contentsOf: cell.scores)
+    rankInImage.append(contentsOf: Array(0..<detectionCount))
+    let unset = [Bool](repeating: false, count: detectionCount * thresholdCount)
+    matched.append(contentsOf: unset)
+    ignored.append(contentsOf: unset)
+    var truthTaken = [Bool](repeating: false, count: truthCount)
     for (t, threshold) in thresholds.enumerated() {
-      var truthTaken = [Bool](repeating: false, count: truthCount)
-      for d in detections.indices {
+      if t > 0 { for g in 0..<truthCount { truthTaken[g] = false } }
+      for d in 0..<detectionCount {
         var best = min(threshold, 1 - 1e-10)
         var match = -1
         for g in order {
-          if truthTaken[g] && !truths[g].isCrowd { continue }
+          if truthTaken[g] && !cell.truthCrowd[g] { continue }
           if match > -1 && !truthIgnored[match] && truthIgnored[g] { break }
-          let overlap = ious[d * truthCount + g]
+          let overlap = cell.ious[d * truthCount + g]
           if overlap < best { continue }
           best = overlap
           match = g
@@ -240,23 +262,19 @@ private struct ImageMatches {
         truthTaken[match] = true
       }
     }
-    for (d, detection) in detections.enumerated() where !range.contains(detection.box[2] * detection.box[3]) {
+    for d in 0..<detectionCount where !range.contains(cell.detectionAreas[d]) {
       for t in 0..<thresholdCount where !matched[(base + d) * thresholdCount + t] {
         ignored[(base + d) * thresholdCount + t] = true
       }
     }
-    imageStarts.append(scores.count)
   }
 
   /// pycocotools' `accumulate` for one detection limit: T x R interpolated precision and T recalls.
-  func precisionRecall(limit: Int, thresholdCount: Int, recallCount: Int) -> (precision: [Double], recall: [Double]) {
-    var picked: [Int] = []
-    for image in 0..<(imageStarts.count - 1) {
-      picked += imageStarts[image]..<min(imageStarts[image + 1], imageStarts[image] + limit)
-    }
-    picked = picked.enumerated().sorted {
-      scores[$0.element] > scores[$1.element] || (scores[$0.element] == scores[$1.element] && $0.offset < $1.offset)
-    }.map(\.element)
+  /// `ranked` orders all detections by score, ties in image order then rank in the image (the order
+  /// of pycocotools' stable sort, restricted to any subset).
+  func precisionRecall(ranked: [Int], limit: Int, thresholdCount: Int, recallCount: Int) -> (precision: [Double], recall: [Double]) {
+    let rankInImage = self.rankInImage
+    let picked = limit >= COCOEvaluator.maxDetections.last! ? ranked : ranked.filter { rankInImage[$0] < limit }
     let relevant = Double(relevantTruthCount)
     let epsilon = Double.ulpOfOne  // np.spacing(1)
     var precision = [Double](repeating: 0, count: thresholdCount * recallCount)
@@ -264,8 +282,8 @@ private struct ImageMatches {
     var recallAt = [Double](repeating: 0, count: picked.count), precisionAt = recallAt
     for t in 0..<thresholdCount {
       var truePositives = 0.0, falsePositives = 0.0
-      for (position, detection) in picked.enumerated() {
-        let flag = detection * thresholdCount + t
+      for position in 0..<picked.count {
+        let flag = picked[position] * thresholdCount + t
         if !ignored[flag] {
           if matched[flag] { truePositives += 1 } else { falsePositives += 1 }
         }

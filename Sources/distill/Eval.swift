@@ -22,12 +22,18 @@ struct Eval: ParsableCommand {
   }
 
   func run() throws {
-    let clock = ContinuousClock(), start = clock.now
+    var phaseStart = ContinuousClock.now
+    func elapsed() -> String {
+      let duration = ContinuousClock.now - phaseStart
+      phaseStart = .now
+      return String(format: "%.2f s", Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18)
+    }
     let annotations = try COCOAnnotations.load(data)
-    printError("read \(annotations.images.count) images, \(annotations.categories.count) categories and \(annotations.annotations.count) annotations from \(data)")
+    printError("read \(annotations.images.count) images, \(annotations.categories.count) categories and \(annotations.annotations.count) annotations from \(data) (\(elapsed()))")
     let results = try detectionsToScore(annotations)
+    printError("read \(results.count) detections from \(detections ?? "") (\(elapsed()))")
     let evaluation = try COCOEvaluator(annotations: annotations).evaluate(results)
-    printError("evaluated in \(clock.now - start)")
+    printError("evaluated (\(elapsed()))")
     if let json {
       try write(Self.jsonObject(evaluation), to: json)
     }
@@ -37,9 +43,7 @@ struct Eval: ParsableCommand {
   /// The detections of --detections (the place where running a model on the images will come in).
   private func detectionsToScore(_ annotations: COCOAnnotations) throws -> [COCODetection] {
     guard let detections else { throw ValidationError("no detections to score") }
-    let results = try COCOResults.load(detections, against: annotations)
-    printError("read \(results.count) detections from \(detections)")
-    return results
+    return try COCOResults.load(detections, against: annotations)
   }
 
   /// The twelve numbers in pycocotools' summary layout, then AP per category.
