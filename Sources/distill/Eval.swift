@@ -5,20 +5,39 @@ import Foundation
 
 struct Eval: ParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Score detections with COCO mAP (the numbers pycocotools' COCOeval computes for bbox).",
+    abstract: "Score a detection model, or a file of detections, with COCO mAP (the numbers pycocotools' COCOeval computes for bbox).",
     discussion: """
-      --detections takes a COCO results file: a JSON list of {"image_id", "category_id", \
+      With MODEL, runs the model on every image of --data (found under --images), decodes its outputs \
+      with the --head config, maps the boxes back to each image and scores them; --save-detections \
+      writes them as a COCO results file. Without MODEL, --detections takes a COCO results file: a JSON list of {"image_id", "category_id", \
       "bbox": [x, y, width, height], "score"}. Every image and category id must be in --data, a COCO \
       annotation file. Prints the twelve COCO numbers and AP@[.5:.95] and AP50 per category; --json \
       writes them as one object (fractions; -1 where a number is undefined because there is no ground truth).
       """)
 
+  @Argument(help: "The ONNX detection model to run and score (or give --detections instead).") var model: String?
   @Option(name: .long, help: "A COCO results file (JSON list of detections) to score.") var detections: String?
+  @Option(name: .long, help: "The directory holding the images of --data (with MODEL).") var images: String?
+  @Option(name: .long, help: "Images per forward pass (with MODEL).") var batch: Int = 1
+  @Option(name: .customLong("save-detections"), help: "Write the model's detections as a COCO results file (with MODEL).")
+  var saveDetections: String?
+  @OptionGroup var detection: DetectionModelOptions
   @Option(name: .long, help: "The COCO annotation file (ground truth).") var data: String
   @Option(name: .long, help: "Also write the numbers to this JSON file (written atomically).") var json: String?
 
   func validate() throws {
-    guard detections != nil else { throw ValidationError("give the detections to score with --detections RESULTS.json") }
+    switch (model, detections) {
+    case (nil, nil): throw ValidationError("give a MODEL to run (with --head and --images) or the detections to score with --detections RESULTS.json")
+    case (.some, .some): throw ValidationError("give either a MODEL or --detections, not both")
+    case (.some, nil):
+      if detection.head == nil { throw ValidationError("with a MODEL, give its head config with --head HEAD.yaml") }
+      if images == nil { throw ValidationError("with a MODEL, give the image directory with --images DIR") }
+      if batch < 1 { throw ValidationError("--batch \(batch): must be at least 1") }
+    case (nil, .some):
+      if images != nil || saveDetections != nil || detection.head != nil {
+        throw ValidationError("--images, --head and --save-detections go with a MODEL, not with --detections")
+      }
+    }
   }
 
   func run() throws {
@@ -31,7 +50,7 @@ struct Eval: ParsableCommand {
     let annotations = try COCOAnnotations.load(data)
     printError("read \(annotations.images.count) images, \(annotations.categories.count) categories and \(annotations.annotations.count) annotations from \(data) (\(elapsed()))")
     let results = try detectionsToScore(annotations)
-    printError("read \(results.count) detections from \(detections ?? "") (\(elapsed()))")
+    printError("\(detections.map { "read \(results.count) detections from \($0)" } ?? "\(model ?? ""): \(results.count) detections") (\(elapsed()))")
     let evaluation = try COCOEvaluator(annotations: annotations).evaluate(results)
     printError("evaluated (\(elapsed()))")
     if let json {
@@ -40,10 +59,42 @@ struct Eval: ParsableCommand {
     print(Self.table(evaluation), terminator: "")
   }
 
-  /// The detections of --detections (the place where running a model on the images will come in).
+  /// The detections of --detections, or those of MODEL on the images of --data.
   private func detectionsToScore(_ annotations: COCOAnnotations) throws -> [COCODetection] {
-    guard let detections else { throw ValidationError("no detections to score") }
-    return try COCOResults.load(detections, against: annotations)
+    if let detections { return try COCOResults.load(detections, against: annotations) }
+    guard let model, let images else { throw RuntimeError("no detections to score") }
+    let detector = try detection.detector(modelPath: model)
+    let source = try annotations.source(imageDirectory: images)
+    let progress = Progress(label: "eval: images", total: source.count)
+    var results: [COCODetection] = []
+    for start in stride(from: 0, to: source.count, by: batch) {
+      let indices = Array(start..<min(start + batch, source.count))
+      let pictures = try indices.map { try source.sample(at: $0).image }
+      for (index, found) in zip(indices, try detector.detect(pictures)) {
+        let imageId = annotations.images[index].id
+        for item in found {
+          guard item.classIndex < annotations.categories.count else {
+            throw RuntimeError(
+              "the model predicts class \(item.classIndex), but \(data) has \(annotations.categories.count) categories; "
+                + "the head config's num_classes must match the annotation's categories (sorted by id)")
+          }
+          let box = item.box
+          results.append(
+            COCODetection(
+              imageId: imageId, categoryId: annotations.categoryId(ofClass: item.classIndex),
+              box: [Double(box.x1), Double(box.y1), Double(box.x2 - box.x1), Double(box.y2 - box.y1)], score: Double(item.score)))
+        }
+      }
+      progress.update(indices.last! + 1)
+    }
+    if let saveDetections {
+      do {
+        try COCOResults.json(results).write(to: URL(fileURLWithPath: saveDetections), options: .atomic)
+      } catch {
+        throw RuntimeError("\(saveDetections): cannot write: \(error.localizedDescription)")
+      }
+    }
+    return results
   }
 
   /// The twelve numbers in pycocotools' summary layout, then AP per category.
