@@ -16,6 +16,8 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
   public var seed: UInt64
   /// Stop after this many steps in a row with a non-finite loss or gradient.
   public var maxConsecutiveNonFinite: Int
+  /// How the model's BatchNormalization layers run while training.
+  public var batchNormalization: BatchNormalizationMode = .train
 
   public init(
     optimizer: OptimizerConfig, schedule: LearningRateSchedule, clipGradientNorm: Float? = nil, frozen: String? = nil,
@@ -37,6 +39,13 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     hasher.add([UInt8](try! encoder.encode(self)))
     return String(format: "%016llx", hasher.value)
   }
+}
+
+/// `train`: batch statistics, running statistics updated (PyTorch's `train()`). `frozen`: running
+/// statistics as in inference and never updated; scale and bias still train (the usual setting
+/// for fine-tuning detectors with small batches).
+public enum BatchNormalizationMode: String, Codable, Sendable, CaseIterable {
+  case train, frozen
 }
 
 /// Where a run writes its checkpoints and log; none of it changes the trajectory.
@@ -71,10 +80,37 @@ public struct Batch: Sendable {
   }
 }
 
-/// A scalar loss computed from a recorded pass, and the gradient of the loss with respect to the
-/// values it read (the seeds of the backward pass).
+/// What a loss computed from a recorded pass: its value, the gradient with respect to the values it
+/// read (the seeds of the backward pass), named terms to log, and the gradients of the trainable
+/// tensors the loss owns (distillation adapters).
+public struct LossEvaluation: Sendable {
+  public var loss: Float
+  public var seeds: [String: Tensor]
+  public var terms: [String: Float]
+  public var parameterGradients: [String: Tensor]
+
+  public init(loss: Float, seeds: [String: Tensor], terms: [String: Float] = [:], parameterGradients: [String: Tensor] = [:]) {
+    self.loss = loss
+    self.seeds = seeds
+    self.terms = terms
+    self.parameterGradients = parameterGradients
+  }
+}
+
+/// A scalar loss computed from a recorded pass. A loss may own trainable tensors (adapters): the
+/// trainer updates them with the student's parameters, from `parameterGradients`, and checkpoints them.
 public protocol TrainingLoss {
-  func evaluate(_ tape: Tape, _ batch: Batch) throws -> (loss: Float, seeds: [String: Tensor])
+  func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation
+  /// The trainable tensors the loss owns, in a fixed order (names distinct from the model's).
+  var parameters: [NamedTensor] { get }
+  func setParameter(_ name: String, _ tensor: Tensor) throws
+}
+
+extension TrainingLoss {
+  public var parameters: [NamedTensor] { [] }
+  public func setParameter(_ name: String, _ tensor: Tensor) throws {
+    throw TrainingError.mismatch("the loss has no parameter '\(name)'")
+  }
 }
 
 /// `mean((y - t)^2)` between the value `output` (a graph output or any node output) and the batch
@@ -88,7 +124,7 @@ public struct MeanSquaredError: TrainingLoss {
     self.target = target ?? output
   }
 
-  public func evaluate(_ tape: Tape, _ batch: Batch) throws -> (loss: Float, seeds: [String: Tensor]) {
+  public func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation {
     guard let y = tape.value(output) else { throw TrainingError.invalidConfig("the loss reads '\(output)', which the pass did not compute") }
     guard let t = batch.targets[target] else { throw TrainingError.invalidConfig("the batch has no target '\(target)'") }
     guard y.shape == t.shape else {
@@ -103,7 +139,7 @@ public struct MeanSquaredError: TrainingLoss {
       sum += Double(difference) * Double(difference)
       gradient[index] = scale * difference
     }
-    return (Float(sum / Double(count)), [output: Tensor(shape: y.shape, floats: gradient, dtype: y.dtype)])
+    return LossEvaluation(loss: Float(sum / Double(count)), seeds: [output: Tensor(shape: y.shape, floats: gradient, dtype: y.dtype)])
   }
 }
 
@@ -117,6 +153,15 @@ public struct StepReport: Sendable, Equatable {
   public var gradientNorm: Double?
   /// Why the update was skipped, or nil.
   public var skipped: String?
+  /// The loss's named terms (unweighted parts, as the loss reports them).
+  public var terms: [String: Float] = [:]
+  /// Wall time of the step, in milliseconds (not part of equality: it differs from run to run).
+  public var milliseconds: Double = 0
+
+  public static func == (a: StepReport, b: StepReport) -> Bool {
+    a.step == b.step && a.loss.bitPattern == b.loss.bitPattern && a.learningRate == b.learningRate
+      && a.gradientNorm == b.gradientNorm && a.skipped == b.skipped && a.terms == b.terms
+  }
 }
 
 /// The training loop over one ONNX graph: record the forward pass, compute the loss in Swift,
@@ -219,17 +264,26 @@ public final class Trainer {
   /// throws `TrainingError.diverged` after `maxConsecutiveNonFinite` such steps in a row.
   @discardableResult
   public func trainStep() throws -> StepReport {
+    let started = ContinuousClock.now
     let index = step
     let rate = learningRate(at: index)
     let batch = try batches(index, &random)
-    let tape = try interpreter.record(batch.feeds, training: true)
-    let (value, seeds) = try loss.evaluate(tape, batch)
-    var report = StepReport(step: index + 1, loss: value, learningRate: rate, gradientNorm: nil, skipped: nil)
+    let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train)
+    let evaluation = try loss.evaluate(tape, batch)
+    let value = evaluation.loss
+    var report = StepReport(step: index + 1, loss: value, learningRate: rate, gradientNorm: nil, skipped: nil, terms: evaluation.terms)
     if !value.isFinite {
       report.skipped = "non-finite loss \(value)"
     } else {
-      let computed = try tape.gradients(seeds: seeds, targets: Set(trainable))
+      let computed = try tape.gradients(seeds: evaluation.seeds, targets: Set(trainable))
+      let owned = loss.parameters
       var gradients = trainable.map { NamedTensor($0, computed[$0]!) }
+      for parameter in owned {
+        guard let gradient = evaluation.parameterGradients[parameter.name] else {
+          throw TrainingError.invalidConfig("the loss gave no gradient for its parameter '\(parameter.name)'")
+        }
+        gradients.append(NamedTensor(parameter.name, gradient))
+      }
       let norm =
         config.clipGradientNorm.map { GradientClipping.clip(&gradients, maxNorm: $0) }
         ?? GradientClipping.globalNorm(gradients)
@@ -238,9 +292,14 @@ public final class Trainer {
         let culprit = gradients.first { $0.tensor.floats.contains { !$0.isFinite } }?.name ?? "?"
         report.skipped = "non-finite gradient (first in '\(culprit)')"
       } else {
-        let current = trainable.map { NamedTensor($0, interpreter.parameter($0)!) }
+        let ownedNames = Set(owned.map(\.name))
+        let current = trainable.map { NamedTensor($0, interpreter.parameter($0)!) } + owned
         for updated in try optimizer.update(current, gradients: gradients, learningRate: rate) {
-          try interpreter.setParameter(updated.name, updated.tensor)
+          if ownedNames.contains(updated.name) {
+            try loss.setParameter(updated.name, updated.tensor)
+          } else {
+            try interpreter.setParameter(updated.name, updated.tensor)
+          }
         }
         for name in tape.stateUpdates.keys.sorted() where interpreter.parameter(name) != nil {
           try interpreter.setParameter(name, tape.stateUpdates[name]!)
@@ -248,6 +307,7 @@ public final class Trainer {
       }
     }
     step += 1
+    report.milliseconds = (ContinuousClock.now - started) / .milliseconds(1)
     try writeLog(report)
     if let reason = report.skipped {
       consecutiveNonFinite += 1
@@ -283,7 +343,7 @@ public final class Trainer {
   public func checkpoint() -> Checkpoint {
     Checkpoint(
       step: step, configHash: config.hash, rngState: [random.state], consecutiveNonFinite: consecutiveNonFinite,
-      student: parameters.map { NamedTensor($0, interpreter.parameter($0)!) }, adapters: adapters,
+      student: parameters.map { NamedTensor($0, interpreter.parameter($0)!) }, adapters: loss.parameters.isEmpty ? adapters : loss.parameters,
       optimizer: optimizer.state)
   }
 
@@ -314,7 +374,18 @@ public final class Trainer {
     }
     try optimizer.load(checkpoint.optimizer)
     for named in checkpoint.student { try interpreter.setParameter(named.name, named.tensor) }
-    adapters = checkpoint.adapters
+    let owned = loss.parameters
+    if owned.isEmpty {
+      adapters = checkpoint.adapters
+    } else {
+      let stored = Dictionary(checkpoint.adapters.map { ($0.name, $0.tensor) }, uniquingKeysWith: { first, _ in first })
+      for parameter in owned {
+        guard let tensor = stored[parameter.name], tensor.shape == parameter.tensor.shape else {
+          throw TrainingError.mismatch("\(file) does not match the loss: adapter '\(parameter.name)' \(parameter.tensor.shapeDescription) is missing or shaped otherwise")
+        }
+        try loss.setParameter(parameter.name, tensor)
+      }
+    }
     step = checkpoint.step
     consecutiveNonFinite = checkpoint.consecutiveNonFinite
     random = SplitMix64(seed: checkpoint.rngState[0])
@@ -337,13 +408,18 @@ public final class Trainer {
     log!.write(Data((Trainer.jsonLine(report) + "\n").utf8))
   }
 
-  /// `{"step":1,"loss":0.25,"lr":0.01,"grad_norm":1.5}` (`"skipped":REASON` on skipped steps,
-  /// non-finite numbers as strings). Floats print in their shortest round-tripping form.
+  /// `{"step":1,"loss":0.25,"lr":0.01,"mse:p3":0.2,...,"grad_norm":1.5,"step_ms":812.4}` (terms by
+  /// name, sorted; `"skipped":REASON` on skipped steps; non-finite numbers as strings). Floats print in their shortest round-tripping form.
   static func jsonLine(_ report: StepReport) -> String {
     func number(_ value: Double) -> String { value.isFinite ? "\(value)" : "\"\(value)\"" }
     func number(_ value: Float) -> String { value.isFinite ? "\(value)" : "\"\(value)\"" }
     var fields = ["\"step\":\(report.step)", "\"loss\":\(number(report.loss))", "\"lr\":\(number(report.learningRate))"]
+    for (name, value) in report.terms.sorted(by: { $0.key < $1.key }) {
+      let escaped = name.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+      fields.append("\"\(escaped)\":\(number(value))")
+    }
     if let norm = report.gradientNorm { fields.append("\"grad_norm\":\(number(norm))") }
+    if report.milliseconds > 0 { fields.append("\"step_ms\":\((report.milliseconds * 10).rounded() / 10)") }
     if let reason = report.skipped {
       let escaped = reason.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
       fields.append("\"skipped\":\"\(escaped)\"")
