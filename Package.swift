@@ -27,7 +27,9 @@ let package = Package(
     .target(
       name: "DistillDetection", dependencies: ["DistillCore", "CImage", "CCairo", .product(name: "Yams", package: "Yams")],
       swiftSettings: optimize),
-    .target(name: "DistillTrain", dependencies: ["DistillCore", "DistillONNX", "DistillDetection"], swiftSettings: optimize),
+    .target(
+      name: "DistillTrain", dependencies: ["DistillCore", "DistillONNX", "DistillDetection", .product(name: "Yams", package: "Yams")],
+      swiftSettings: optimize),
     .executableTarget(
       name: "distill",
       dependencies: ["DistillCore", "DistillONNX", "DistillDetection", "DistillTrain", .product(name: "ArgumentParser", package: "swift-argument-parser")],

@@ -1,0 +1,146 @@
+import DistillCore
+import Foundation
+
+/// The distillation objective as one loss graph: the teacher runs without a tape and its taps are
+/// kept; the student's taps come from the trainer's recorded pass; adapters (1x1 convolutions for
+/// maps, linear maps for vectors, PyTorch's default initialisation) bring student taps to the
+/// teacher's width (and, with `resize`, size); every configured loss emits its nodes; the total is
+/// `sum(weight * loss)`. The graph's gradients with respect to the student taps seed the student's
+/// backward pass, and those of the adapter weights train the adapters.
+///
+/// Logged terms are named `TYPE:STUDENT_TAP` (`mse:p3`, `kd:cls_p3`; `#2`, `#3` for repeats) and
+/// hold each loss's weighted contribution, so they add up to the total.
+public final class DistillationLoss: TrainingLoss {
+  public let graph: LossGraph
+  public let teacher: Interpreter
+  public let teacherInput: String
+  public let studentInput: String
+  /// Loss-graph inputs fed with student taps and teacher taps, by tap name.
+  public let studentTaps: [String]
+  public let teacherTaps: [String]
+  /// Adapter weights (trainable initializers of the loss graph), in order.
+  public let adapterNames: [String]
+
+  static func studentValue(_ tap: String) -> String { "student:" + tap }
+  static func teacherValue(_ tap: String) -> String { "teacher:" + tap }
+
+  /// Builds the loss graph for `losses` given the taps' shapes (from one forward pass of each
+  /// model at the training batch size). Throws, naming both taps and shapes, when a pair cannot be
+  /// matched by an adapter.
+  public init(
+    losses: [DistillConfig.Loss], teacher: Interpreter, teacherInput: String, studentInput: String,
+    teacherShapes: [String: [Int]], studentShapes: [String: [Int]], seed: UInt64
+  ) throws {
+    self.teacher = teacher
+    self.teacherInput = teacherInput
+    self.studentInput = studentInput
+    var builder = GraphBuilder(name: "distillation loss")
+    var studentTaps: [String] = [], teacherTaps: [String] = []
+    for loss in losses {
+      for tap in loss.student where !studentTaps.contains(tap) {
+        studentTaps.append(tap)
+        builder.input(Self.studentValue(tap), shape: studentShapes[tap]!.map { $0 })
+      }
+      for tap in loss.teacher where !teacherTaps.contains(tap) {
+        teacherTaps.append(tap)
+        builder.input(Self.teacherValue(tap), shape: teacherShapes[tap]!.map { $0 })
+      }
+    }
+    self.studentTaps = studentTaps
+    self.teacherTaps = teacherTaps
+    var random = SplitMix64(seed: seed ^ 0x6164_6170_7465_7273)  // "adapters"
+    var terms: [(name: String, value: String)] = []
+    var weighted: [String] = []
+    for (lossIndex, loss) in losses.enumerated() {
+      let method = try DistillationMethods.make(loss)
+      for (pairIndex, (studentTap, teacherTap)) in zip(loss.student, loss.teacher).enumerated() {
+        let studentShape = studentShapes[studentTap]!, teacherShape = teacherShapes[teacherTap]!
+        builder.scope = "\(loss.type)\(lossIndex)/\(pairIndex)"
+        let student = try Self.adapt(
+          &builder, Self.studentValue(studentTap), from: studentShape, to: teacherShape, resize: loss.resize,
+          describe: "\(loss.type): student tap '\(studentTap)' \(studentShape) and teacher tap '\(teacherTap)' \(teacherShape)",
+          adapterName: "adapter/\(lossIndex)/\(studentTap)", random: &random)
+        let value = try method.build(&builder, student: student, teacher: Self.teacherValue(teacherTap), shape: teacherShape)
+        let term = builder.mul(value, builder.scalar(loss.weight))
+        var name = "\(loss.type):\(studentTap)"
+        var repeatIndex = 2
+        while terms.contains(where: { $0.name == name }) {
+          name = "\(loss.type):\(studentTap)#\(repeatIndex)"
+          repeatIndex += 1
+        }
+        terms.append((name, term))
+        weighted.append(term)
+      }
+    }
+    builder.scope = ""
+    let total = weighted.count == 1 ? builder.add("Identity", weighted, hint: "loss") : builder.add("Sum", weighted, hint: "loss")
+    adapterNames = builder.parameters
+    graph = try LossGraph(builder, loss: total, terms: terms)
+  }
+
+  /// `value` (shaped `from`) mapped to shape `to`: a 1x1 convolution when map widths differ, a
+  /// linear map when vector widths differ, a bilinear resize when `resize` and map sizes differ.
+  static func adapt(
+    _ builder: inout GraphBuilder, _ value: String, from: [Int], to: [Int], resize: Bool, describe: String, adapterName: String,
+    random: inout SplitMix64
+  ) throws -> String {
+    if from == to { return value }
+    guard from.count == to.count, from.first == to.first else {
+      throw TrainingError.invalidConfig("\(describe): the shapes cannot be matched (they differ in rank or batch)")
+    }
+    func uniform(_ count: Int, bound: Float) -> [Float] { (0..<count).map { _ in (random.nextUniform() * 2 - 1) * bound } }
+    var adapted = value
+    if from.count == 4 {
+      if from[1] != to[1] {
+        let bound = 1 / Float(from[1]).squareRoot()
+        let weight = builder.parameter(Tensor(shape: [to[1], from[1], 1, 1], floats: uniform(to[1] * from[1], bound: bound)), name: adapterName + "/weight")
+        let bias = builder.parameter(Tensor(shape: [to[1]], floats: uniform(to[1], bound: bound)), name: adapterName + "/bias")
+        adapted = builder.add("Conv", [adapted, weight, bias], [.ints("kernel_shape", [1, 1])], hint: "adapter")
+      }
+      if from[2] != to[2] || from[3] != to[3] {
+        guard resize else {
+          throw TrainingError.invalidConfig("\(describe): the maps differ in size; add `resize: true` to resize the student's to the teacher's")
+        }
+        adapted = builder.add(
+          "Resize", [adapted, "", "", builder.ints(to)],
+          [Attribute(name: "mode", value: .string(Array("linear".utf8))),
+           Attribute(name: "coordinate_transformation_mode", value: .string(Array("half_pixel".utf8)))], hint: "resize")
+      }
+      return adapted
+    }
+    guard from.dropLast() == to.dropLast(), let inWidth = from.last, let outWidth = to.last, from.count >= 2 else {
+      throw TrainingError.invalidConfig("\(describe): only the last (feature) axis of vectors can differ")
+    }
+    let bound = 1 / Float(inWidth).squareRoot()
+    let weight = builder.parameter(Tensor(shape: [inWidth, outWidth], floats: uniform(inWidth * outWidth, bound: bound)), name: adapterName + "/weight")
+    let bias = builder.parameter(Tensor(shape: [outWidth], floats: uniform(outWidth, bound: bound)), name: adapterName + "/bias")
+    return builder.plus(builder.add("MatMul", [adapted, weight], hint: "adapter"), bias)
+  }
+
+  public var parameters: [NamedTensor] { adapterNames.map { NamedTensor($0, graph.interpreter.parameter($0)!) } }
+
+  public func setParameter(_ name: String, _ tensor: Tensor) throws { try graph.interpreter.setParameter(name, tensor) }
+
+  /// The teacher's taps on `images` (no tape).
+  public func teacherTapValues(_ images: Tensor) throws -> [String: Tensor] {
+    try teacher.run([teacherInput: images], taps: Set(teacherTaps)).taps
+  }
+
+  public func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation {
+    guard let images = batch.feeds[studentInput] else { throw TrainingError.invalidConfig("the batch has no input '\(studentInput)'") }
+    let teacherValues = try teacherTapValues(images)
+    var feeds: [String: Tensor] = [:]
+    for tap in teacherTaps { feeds[Self.teacherValue(tap)] = teacherValues[tap] }
+    for tap in studentTaps {
+      guard let value = tape.value(tap) else { throw TrainingError.invalidConfig("the student's pass did not compute the tap '\(tap)'") }
+      feeds[Self.studentValue(tap)] = value
+    }
+    let targets = Set(studentTaps.map(Self.studentValue) + adapterNames)
+    let evaluation = try graph.evaluate(feeds, gradientsFor: targets)
+    var seeds: [String: Tensor] = [:]
+    for tap in studentTaps { seeds[tap] = evaluation.gradients[Self.studentValue(tap)] }
+    var adapterGradients: [String: Tensor] = [:]
+    for name in adapterNames { adapterGradients[name] = evaluation.gradients[name] }
+    return LossEvaluation(loss: evaluation.loss, seeds: seeds, terms: evaluation.terms, parameterGradients: adapterGradients)
+  }
+}
