@@ -19,6 +19,10 @@ let package = Package(
     .target(
       name: "COnnx", path: "proto", sources: ["onnx.pb-c.c", "onnx_wire.c"], publicHeadersPath: "include",
       linkerSettings: [.linkedLibrary("protobuf-c")]),
+    .target(
+      name: "CTensorBoard", path: "proto/tensorboard",
+      sources: ["event.pb-c.c", "histogram.pb-c.c", "resource_handle.pb-c.c", "summary.pb-c.c", "tensor.pb-c.c", "tensor_shape.pb-c.c", "types.pb-c.c"],
+      publicHeadersPath: "include", linkerSettings: [.linkedLibrary("protobuf-c")]),
     .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
     .target(name: "DistillCore", dependencies: ["CBLAS"], swiftSettings: optimize),
     .target(name: "DistillONNX", dependencies: ["DistillCore", "COnnx"], swiftSettings: optimize),
@@ -28,7 +32,8 @@ let package = Package(
       name: "DistillDetection", dependencies: ["DistillCore", "CImage", "CCairo", .product(name: "Yams", package: "Yams")],
       swiftSettings: optimize),
     .target(
-      name: "DistillTrain", dependencies: ["DistillCore", "DistillONNX", "DistillDetection", .product(name: "Yams", package: "Yams")],
+      name: "DistillTrain",
+      dependencies: ["DistillCore", "DistillONNX", "DistillDetection", "CTensorBoard", .product(name: "Yams", package: "Yams")],
       swiftSettings: optimize),
     .executableTarget(
       name: "distill",
