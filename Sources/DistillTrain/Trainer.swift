@@ -1,4 +1,5 @@
 import DistillCore
+import DistillDetection
 import DistillONNX
 import Foundation
 
@@ -74,6 +75,8 @@ public struct RunOptions {
 public struct Batch: Sendable {
   public var feeds: [String: Tensor]
   public var targets: [String: Tensor]
+  /// Per image: boxes and labels in network-input pixels (detection data), for losses that use them.
+  public var annotations: [DetectionTarget] = []
   public init(feeds: [String: Tensor], targets: [String: Tensor] = [:]) {
     self.feeds = feeds
     self.targets = targets
@@ -186,8 +189,8 @@ public final class Trainer {
   public private(set) var lastCheckpoint: String?
   public let optimizer: Optimizer
 
-  private let loss: any TrainingLoss
-  private let batches: (Int, inout SplitMix64) throws -> Batch
+  private var loss: any TrainingLoss
+  private var batches: (Int, inout SplitMix64) throws -> Batch
   private var log: FileHandle?
 
   /// Parameters the exporter had merged by value, each layer now training its own copy
@@ -198,13 +201,14 @@ public final class Trainer {
   /// parameters untied).
   /// `batches(step, &random)` returns the batch of 0-based step `step`, drawing any randomness from
   /// `random` (whose state checkpoints keep).
+  /// Values named in `keep` (taps a loss reads) are never fused away.
   public init(
-    model: Model, config: TrainingConfig, loss: any TrainingLoss, options: RunOptions = RunOptions(),
+    model: Model, config: TrainingConfig, keep: Set<String> = [], loss: any TrainingLoss, options: RunOptions = RunOptions(),
     batches: @escaping (Int, inout SplitMix64) throws -> Batch
   ) throws {
     let (untiedModel, untied) = MergedParameters.untie(model)
     untiedParameters = untied
-    interpreter = try Interpreter(model: untiedModel, foldBatchNorm: false, promoteConstants: true)
+    interpreter = try Interpreter(model: untiedModel, foldBatchNorm: false, keep: keep, promoteConstants: true)
     self.config = config
     self.options = options
     self.loss = loss
@@ -229,6 +233,25 @@ public final class Trainer {
           + (config.frozen.map { " and escapes the frozen pattern '\($0)'" } ?? ""))
     }
   }
+
+  /// Swaps in the loss and the batches (for losses that need the prepared student to be built).
+  public func replace(loss: any TrainingLoss, batches: @escaping (Int, inout SplitMix64) throws -> Batch) {
+    self.loss = loss
+    self.batches = batches
+  }
+
+  /// The loss on the first step's batch before any update (step 0 of a log), without advancing
+  /// the run's random state.
+  public func initialReport() throws -> StepReport {
+    var random = self.random
+    let batch = try batches(step, &random)
+    let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train)
+    let evaluation = try loss.evaluate(tape, batch)
+    return StepReport(step: step, loss: evaluation.loss, learningRate: learningRate(at: step), gradientNorm: nil, skipped: nil, terms: evaluation.terms)
+  }
+
+  /// Appends `report` to the log (`options.logPath`).
+  public func log(_ report: StepReport) throws { try writeLog(report) }
 
   /// Inputs that carry no gradient (shapes, indices, scales, bounds), by op type and input index.
   static let nonDifferentiableInputs: [String: Set<Int>] = [
