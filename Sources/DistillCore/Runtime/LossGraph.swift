@@ -26,6 +26,10 @@ public final class LossGraph: @unchecked Sendable {
   /// it to run (without fusion, so every node stays as written).
   public init(_ builder: GraphBuilder, loss: String, terms: [(name: String, value: String)] = []) throws {
     var builder = builder
+    let defined = Set(builder.graph.nodes.flatMap(\.outputs) + builder.graph.inputs.map(\.name))
+    for value in [loss] + terms.map(\.value) where !defined.contains(value) {
+      throw RuntimeError("loss graph '\(builder.graph.name ?? "")' has no value '\(value)' (was it added after the builder was passed in?)")
+    }
     builder.output(loss, shape: [])
     for term in terms where term.value != loss { builder.output(term.value) }
     model = builder.model
