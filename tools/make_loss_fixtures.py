@@ -203,6 +203,11 @@ def task_case(model, cls, box, extra, targets):
     if extra is not None:
         outputs.update({f"ctr_{i}": o for i, o in enumerate(extra)})
     fg = [sum(1 for m in ms if m >= 0) for ms in captured["matched"]]
+    bounds = [0]
+    for n in num_anchors_per_level:
+        bounds.append(bounds[-1] + n)
+    per_level = [[sum(1 for m in ms[a:b] if m >= 0) for a, b in zip(bounds, bounds[1:])] for ms in captured["matched"]]
+    print(f"  foreground per image and level {per_level}")
     ignored = [sum(1 for m in ms if m == -2) for ms in captured["matched"]]
     print(f"  {type(model).__name__}: foreground per image {fg}, ignored {ignored}, losses "
           + ", ".join(f"{k} {float(v):.5f}" for k, v in losses.items()))
@@ -240,7 +245,14 @@ def make_fcos():
     cls = [leaf(o * 2 - 2) for o in raw_outputs(NUM_CLASSES)]
     box = [leaf(o.abs() * 2 + 0.5) for o in raw_outputs(4)]
     ctr = raw_outputs(1)
-    return task_case(model, cls, box, ctr, ground_truth())
+    # Boxes larger than the 64x64 input (torchvision does not clip) reach the stride-16 and
+    # stride-32 levels, whose size ranges start at 64 and 128 pixels.
+    targets = ground_truth()
+    large = [torch.tensor([[-40.0, -30.0, 90.0, 100.0], [-100.0, -95.0, 140.0, 150.0]]), torch.tensor([[-20.0, -50.0, 110.0, 80.0]])]
+    for image, boxes in zip(targets, large):
+        image["boxes"] = torch.cat([image["boxes"], boxes])
+        image["labels"] = torch.cat([image["labels"], torch.tensor([3] * len(boxes))])
+    return task_case(model, cls, box, ctr, targets)
 
 
 def atss_reference(anchors, num_level, gt, topk=9):
