@@ -10,6 +10,8 @@
   8/16/32, a 64x64 input, two images) with random raw per-level head outputs as leaves, random
   ground truth; torchvision's own matching (Matcher 0.5/0.4 with low-quality matches; FCOS centre
   sampling), `compute_loss` values and gradients with respect to each raw output.
+- gfl.json: a GFL head (DFL bins, reg_max 7) on the same levels: random raw outputs, the ATSS
+  assignment below and mmdet GFLHead.loss's value and gradients, written below after mmdet.
 - atss.json: anchors of three levels, ground truth, and the assignment of the ATSS assigner
   written below following mmdet's ATSSAssigner (top-9 by centre distance per level, IoU mean + std
   threshold, centre inside the box, highest IoU wins).
@@ -162,6 +164,19 @@ def ground_truth():
     ]
 
 
+def ground_truth_with_large_boxes():
+    """Adds boxes larger than the 64x64 input (neither torchvision nor mmdet clip targets), which
+    reach the stride-16 and stride-32 levels (FCOS size ranges from 64 and 128 pixels; ATSS
+    anchors of 128 and 256 pixels)."""
+    targets = ground_truth()
+    large = [torch.tensor([[-40.0, -30.0, 90.0, 100.0], [-100.0, -95.0, 140.0, 150.0]]),
+             torch.tensor([[-20.0, -50.0, 110.0, 80.0]])]
+    for image, boxes in zip(targets, large):
+        image["boxes"] = torch.cat([image["boxes"], boxes])
+        image["labels"] = torch.cat([image["labels"], torch.tensor([3] * len(boxes))])
+    return targets
+
+
 def raw_outputs(channels, batch=2):
     """Per level [batch, channels, H, W] leaves for the 64x64 input."""
     return [leaf(torch.randn(batch, channels, SIZE // s, SIZE // s)) for s in STRIDES]
@@ -245,14 +260,7 @@ def make_fcos():
     cls = [leaf(o * 2 - 2) for o in raw_outputs(NUM_CLASSES)]
     box = [leaf(o.abs() * 2 + 0.5) for o in raw_outputs(4)]
     ctr = raw_outputs(1)
-    # Boxes larger than the 64x64 input (torchvision does not clip) reach the stride-16 and
-    # stride-32 levels, whose size ranges start at 64 and 128 pixels.
-    targets = ground_truth()
-    large = [torch.tensor([[-40.0, -30.0, 90.0, 100.0], [-100.0, -95.0, 140.0, 150.0]]), torch.tensor([[-20.0, -50.0, 110.0, 80.0]])]
-    for image, boxes in zip(targets, large):
-        image["boxes"] = torch.cat([image["boxes"], boxes])
-        image["labels"] = torch.cat([image["labels"], torch.tensor([3] * len(boxes))])
-    return task_case(model, cls, box, ctr, targets)
+    return task_case(model, cls, box, ctr, ground_truth_with_large_boxes())
 
 
 def atss_reference(anchors, num_level, gt, topk=9):
@@ -324,6 +332,86 @@ def make_atss():
     return {"strides": list(STRIDES), "octave_base_scale": 8, "anchors": anchors.tolist(), "images": cases}
 
 
+def mmdet_giou_loss(pred, target, eps=1e-6):
+    """mmdet's GIoULoss (bbox_overlaps mode giou, is_aligned): union and hull clamped at eps."""
+    lt = torch.max(pred[:, :2], target[:, :2])
+    rb = torch.min(pred[:, 2:], target[:, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[:, 0] * wh[:, 1]
+    area1 = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
+    area2 = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    union = torch.clamp(area1 + area2 - overlap, min=eps)
+    ious = overlap / union
+    enclosed_lt = torch.min(pred[:, :2], target[:, :2])
+    enclosed_rb = torch.max(pred[:, 2:], target[:, 2:])
+    enclose_wh = (enclosed_rb - enclosed_lt).clamp(min=0)
+    enclose_area = torch.clamp(enclose_wh[:, 0] * enclose_wh[:, 1], min=eps)
+    return 1 - (ious - (enclose_area - union) / enclose_area), ious
+
+
+def make_gfl(reg_max=7):
+    """mmdet GFLHead.loss (single process) with its defaults: ATSS on anchors of 8 x stride, QFL
+    (beta 2) over all locations / max(1, positives), GIoU (weight 2) and DFL (weight 0.25, averaged
+    over the 4 sides) on positives weighted by the detached max class score, both divided by the
+    sum of those weights (at least 1)."""
+    torch.manual_seed(9)
+    atss = make_atss()
+    anchors = torch.tensor(atss["anchors"])
+    num_level = [(SIZE // s) ** 2 for s in STRIDES]
+    strides = torch.cat([torch.full((n,), float(s)) for n, s in zip(num_level, STRIDES)])
+    cls = [leaf(o * 2 - 2) for o in raw_outputs(NUM_CLASSES)]
+    box = [leaf(o * 1.5) for o in raw_outputs(4 * (reg_max + 1))]
+    logits = flatten_levels(cls, NUM_CLASSES)
+    bins = flatten_levels(box, 4 * (reg_max + 1))
+    project = torch.linspace(0, reg_max, reg_max + 1)
+    targets = ground_truth_with_large_boxes()
+    matched = [atss_reference(anchors, num_level, g["boxes"]) for g in targets]
+    num_pos = max(sum(1 for ms in matched for m in ms if m >= 0), 1)
+    loss_cls = loss_bbox = loss_dfl = 0.0
+    avg_factor = 0.0
+    for image, (g, ms) in enumerate(zip(targets, matched)):
+        ms = torch.tensor(ms)
+        pos = (ms >= 0).nonzero().squeeze(1)
+        labels = torch.full((len(ms),), NUM_CLASSES, dtype=torch.long)
+        labels[pos] = g["labels"][ms[pos]]
+        score = torch.zeros(len(ms))
+        centers = ((anchors[:, :2] + anchors[:, 2:]) / 2)[pos] / strides[pos, None]
+        weight_targets = logits[image].detach().sigmoid().max(dim=1)[0][pos]
+        corners = F.softmax(bins[image][pos].reshape(-1, reg_max + 1), dim=1) @ project
+        corners = corners.reshape(-1, 4)
+        decoded = torch.cat([centers - corners[:, :2], centers + corners[:, 2:]], dim=1)
+        target_boxes = g["boxes"][ms[pos]] / strides[pos, None]
+        giou, ious = mmdet_giou_loss(decoded, target_boxes)
+        _, score_pos = mmdet_giou_loss(decoded.detach(), target_boxes)
+        score[pos] = score_pos
+        target_corners = torch.cat([centers - target_boxes[:, :2], target_boxes[:, 2:] - centers], dim=1)
+        target_corners = target_corners.clamp(min=0, max=reg_max - 0.1).reshape(-1)
+        loss_bbox = loss_bbox + 2.0 * (giou * weight_targets).sum()
+        dfl = distribution_focal_loss_reference(bins[image][pos].reshape(-1, reg_max + 1), target_corners)
+        loss_dfl = loss_dfl + 0.25 * (dfl * weight_targets[:, None].expand(-1, 4).reshape(-1)).sum() / 4.0
+        loss_cls = loss_cls + quality_focal_loss_reference(logits[image], labels, score).sum() / num_pos
+        avg_factor = avg_factor + weight_targets.sum()
+    avg_factor = max(float(avg_factor), 1.0)
+    losses = {"loss_cls": loss_cls, "loss_bbox": loss_bbox / avg_factor, "loss_dfl": loss_dfl / avg_factor}
+    total = sum(losses.values())
+    total.backward()
+    outputs = {f"cls_{i}": o for i, o in enumerate(cls)}
+    outputs.update({f"box_{i}": o for i, o in enumerate(box)})
+    bounds = [0, num_level[0], num_level[0] + num_level[1], sum(num_level)]
+    print("  GFL: foreground per image and level",
+          [[sum(1 for m in ms[a:b] if m >= 0) for a, b in zip(bounds, bounds[1:])] for ms in matched], "losses",
+          {k: round(float(v), 5) for k, v in losses.items()})
+    return {
+        "targets": [{"boxes": g["boxes"].tolist(), "labels": g["labels"].tolist()} for g in targets],
+        "outputs": {k: t(v) for k, v in outputs.items()},
+        "grads": {k: t(v.grad) for k, v in outputs.items()},
+        "losses": {k: float(v) for k, v in losses.items()},
+        "loss": float(total),
+        "matched": matched,
+        "reg_max": reg_max,
+    }
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "Tests", "Fixtures", "losses")
     os.makedirs(out, exist_ok=True)
@@ -331,6 +419,7 @@ def main():
     write_json(os.path.join(out, "retinanet.json"), make_retinanet())
     write_json(os.path.join(out, "fcos.json"), make_fcos())
     write_json(os.path.join(out, "atss.json"), make_atss())
+    write_json(os.path.join(out, "gfl.json"), make_gfl())
     for name in sorted(os.listdir(out)):
         print(f"{name}: {os.path.getsize(os.path.join(out, name))} bytes")
 

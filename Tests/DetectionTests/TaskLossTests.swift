@@ -54,6 +54,17 @@ private let fcosConfig = """
     - {cls: cls_2, box: box_2, quality: ctr_2, stride: 32}
   """
 
+private let gflConfig = """
+  type: dense
+  num_classes: 5
+  box_format: dfl
+  reg_max: 7
+  levels:
+    - {cls: cls_0, box: box_0, stride: 8}
+    - {cls: cls_1, box: box_1, stride: 16}
+    - {cls: cls_2, box: box_2, stride: 32}
+  """
+
 final class TaskLossTests: XCTestCase {
   private func check(_ fixture: TaskFixture, _ loss: TaskLoss, file: StaticString = #filePath, line: UInt = #line) throws {
     let truth = fixture.truth
@@ -83,6 +94,16 @@ final class TaskLossTests: XCTestCase {
     let fixture = try loadFixture("fcos.json", as: TaskFixture.self)
     let shapes = fixture.outputs.mapValues(\.shape)
     try check(fixture, try TaskLoss(config: try HeadConfig(yaml: fcosConfig), outputShapes: shapes))
+  }
+
+  func testGFLLossMatchesMMDetFormula() throws {
+    let fixture = try loadFixture("gfl.json", as: TaskFixture.self)
+    let config = try HeadConfig(yaml: gflConfig)
+    guard case .dense(let head) = config.head else { return XCTFail("not a dense head") }
+    XCTAssertEqual(head.regMax, 7)
+    let loss = try TaskLoss(config: config, outputShapes: fixture.outputs.mapValues(\.shape))
+    XCTAssertEqual(loss.recipe, .gfl(anchorScale: 8))
+    try check(fixture, loss)
   }
 
   /// Without ground truth every row is background: only the classification term remains, and the
