@@ -118,7 +118,8 @@ public enum Assigner {
   /// lies inside the box (every side distance > 0.01) are positive; an anchor positive for several
   /// boxes takes the one of highest IoU (the first on ties).
   public static func atss(anchors: [Box], levels: [Int], truth: [Box], topK: Int = 9) -> [Int] {
-    precondition(levels.reduce(0, +) == anchors.count, "level sizes \(levels) do not add up to \(anchors.count) anchors")
+    precondition(
+      levels.reduce(0, +) == anchors.count, "level sizes \(levels) do not add up to \(anchors.count) anchors")
     var matches = [Int](repeating: background, count: anchors.count)
     guard !truth.isEmpty else { return matches }
     func iou(_ a: Box, _ b: Box) -> Float {
@@ -131,7 +132,8 @@ public enum Assigner {
       var start = 0
       for count in levels {
         let distance = (start..<start + count).map { a -> (Float, Int) in
-          let dx = anchors[a].centerX - box.centerX, dy = anchors[a].centerY - box.centerY
+          let dx = anchors[a].centerX - box.centerX
+          let dy = anchors[a].centerY - box.centerY
           return ((dx * dx + dy * dy).squareRoot(), a)
         }
         candidates += distance.sorted { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }.prefix(topK).map(\.1)
@@ -142,7 +144,8 @@ public enum Assigner {
       let variance = overlaps.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Float(max(overlaps.count - 1, 1))
       let threshold = mean + variance.squareRoot()
       for (a, overlap) in zip(candidates, overlaps) where overlap >= threshold {
-        let cx = anchors[a].centerX, cy = anchors[a].centerY
+        let cx = anchors[a].centerX
+        let cy = anchors[a].centerY
         guard min(cx - box.x1, cy - box.y1, box.x2 - cx, box.y2 - cy) > 0.01 else { continue }
         if overlap > bestIoU[a] {
           bestIoU[a] = overlap

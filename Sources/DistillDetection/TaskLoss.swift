@@ -35,7 +35,8 @@ public final class TaskLoss: @unchecked Sendable {
         return .gfl(anchorScale: 8)
       case .dense(let head):
         guard head.boxFormat == .ltrb, head.levels.allSatisfy({ $0.quality != nil }) else {
-          throw HeadConfigError("the fcos task loss needs box_format ltrb and a quality (centerness) output on every level")
+          throw HeadConfigError(
+            "the fcos task loss needs box_format ltrb and a quality (centerness) output on every level")
         }
         return .fcos(centerSamplingRadius: 1.5)
       case .anchors:
@@ -116,7 +117,9 @@ public final class TaskLoss: @unchecked Sendable {
       let moved = builder.add("Transpose", [split], [.ints("perm", [0, 3, 1, 2])])
       return builder.reshape(moved, [shape[0], shape[2] * shape[3] * anchors, k])
     }
-    var cls: [String] = [], box: [String] = [], quality: [String] = []
+    var cls: [String] = []
+    var box: [String] = []
+    var quality: [String] = []
     switch (config.head, recipe) {
     case (.dense(let head), .fcos):
       for level in head.levels {
@@ -166,8 +169,11 @@ public final class TaskLoss: @unchecked Sendable {
     let rowCount = priors.count
     self.rowCount = rowCount
 
-    func joined(_ values: [String]) -> String { values.count == 1 ? values[0] : builder.add("Concat", values, [.int("axis", 1)]) }
-    let logits = joined(cls), regression = joined(box)
+    func joined(_ values: [String]) -> String {
+      values.count == 1 ? values[0] : builder.add("Concat", values, [.int("axis", 1)])
+    }
+    let logits = joined(cls)
+    let regression = joined(box)
     let targetClasses = builder.input(Target.classes, shape: [batch, rowCount, classes])
     let foreground = builder.input(Target.foreground, shape: [nil], dtype: .int64)
     let foregroundWeight = builder.input(Target.foregroundWeight, shape: [nil])
@@ -189,25 +195,35 @@ public final class TaskLoss: @unchecked Sendable {
         Tensor(shape: [rowCount, 4], floats: priors.flatMap { [$0.centerX, $0.centerY, $0.centerX, $0.centerY] }),
         hint: "prior_centres")
       let scales = builder.constant(
-        Tensor(shape: [rowCount, 4], floats: priors.flatMap { [-$0.width, -$0.width, $0.width, $0.width] }), hint: "prior_scales")
+        Tensor(shape: [rowCount, 4], floats: priors.flatMap { [-$0.width, -$0.width, $0.width, $0.width] }),
+        hint: "prior_scales")
       let decoded = builder.plus(centres, builder.mul(builder.reshape(flatRegression, [batch, rowCount, 4]), scales))
-      let picked = builder.add("Gather", [builder.reshape(decoded, [batch * rowCount, 4]), foreground], [.int("axis", 0)])
-      terms.append(("bbox_regression", builder.giouLoss(predicted: picked, target: targetBoxes, weight: foregroundWeight)))
+      let picked = builder.add(
+        "Gather", [builder.reshape(decoded, [batch * rowCount, 4]), foreground], [.int("axis", 0)])
+      terms.append(
+        ("bbox_regression", builder.giouLoss(predicted: picked, target: targetBoxes, weight: foregroundWeight)))
       builder.scope = "bbox_ctrness"
-      let ctr = builder.add("Gather", [builder.reshape(joined(quality), [batch * rowCount]), foreground], [.int("axis", 0)])
-      terms.append(("bbox_ctrness", builder.bceWithLogitsLoss(logits: ctr, targets: centerness, weight: foregroundWeight)))
+      let ctr = builder.add(
+        "Gather", [builder.reshape(joined(quality), [batch * rowCount]), foreground], [.int("axis", 0)])
+      terms.append(
+        ("bbox_ctrness", builder.bceWithLogitsLoss(logits: ctr, targets: centerness, weight: foregroundWeight)))
     case .retinanet(let boxLoss):
       let classWeight = builder.input(Target.classWeight, shape: [batch, rowCount, 1])
       builder.scope = "classification"
-      terms.append(("classification", builder.sigmoidFocalLoss(logits: logits, targets: targetClasses, weight: classWeight)))
+      terms.append(
+        ("classification", builder.sigmoidFocalLoss(logits: logits, targets: targetClasses, weight: classWeight)))
       builder.scope = "bbox_regression"
       let picked = builder.add("Gather", [flatRegression, foreground], [.int("axis", 0)])
       let weight = builder.reshape(foregroundWeight, [-1, 1])
       switch boxLoss {
-      case .l1: terms.append(("bbox_regression", builder.l1Loss(predictions: picked, targets: targetBoxes, weight: weight)))
+      case .l1:
+        terms.append(("bbox_regression", builder.l1Loss(predictions: picked, targets: targetBoxes, weight: weight)))
       case .smoothL1(let beta):
         terms.append(
-          ("bbox_regression", builder.smoothL1Loss(predictions: picked, targets: targetBoxes, beta: beta, weight: weight)))
+          (
+            "bbox_regression",
+            builder.smoothL1Loss(predictions: picked, targets: targetBoxes, beta: beta, weight: weight)
+          ))
       }
     case .gfl:
       let bins = regMax + 1
@@ -222,7 +238,8 @@ public final class TaskLoss: @unchecked Sendable {
       let sides = builder.reshape(picked, [-1, bins])
       // The DFL integral: the expectation of each side's softmax over bins 0...reg_max.
       let project = builder.constant(Tensor(shape: [bins], floats: (0..<bins).map(Float.init)), hint: "project")
-      let expectation = builder.reduceSum(builder.mul(builder.add("Softmax", [sides], [.int("axis", 1)]), project), axes: [1])
+      let expectation = builder.reduceSum(
+        builder.mul(builder.add("Softmax", [sides], [.int("axis", 1)]), project), axes: [1])
       let centres = builder.constant(
         Tensor(
           shape: [batch * rowCount, 4],
@@ -233,11 +250,15 @@ public final class TaskLoss: @unchecked Sendable {
           }), hint: "prior_centres")
       let signs = builder.constant(Tensor(shape: [4], floats: [-1, -1, 1, 1]), hint: "side_signs")
       let decoded = builder.plus(
-        builder.add("Gather", [centres, foreground], [.int("axis", 0)]), builder.mul(builder.reshape(expectation, [-1, 4]), signs))
+        builder.add("Gather", [centres, foreground], [.int("axis", 0)]),
+        builder.mul(builder.reshape(expectation, [-1, 4]), signs))
       terms.append(("loss_bbox", builder.giouLoss(predicted: decoded, target: targetBoxes, weight: foregroundWeight)))
       builder.scope = "loss_dfl"
       terms.append(
-        ("loss_dfl", builder.distributionFocalLoss(logits: sides, targets: distances, bins: bins, weight: distanceWeight)))
+        (
+          "loss_dfl",
+          builder.distributionFocalLoss(logits: sides, targets: distances, bins: bins, weight: distanceWeight)
+        ))
     }
     builder.scope = ""
     let total = builder.add("Sum", terms.map(\.value), hint: "loss")
@@ -245,7 +266,7 @@ public final class TaskLoss: @unchecked Sendable {
   }
 
   /// The assignment of one image's rows (see `Assigner`): FCOS centre sampling for `fcos`, the
-  /// max-IoU matcher for `retinanet`.
+  /// max-IoU matcher for `retinanet`, ATSS for `gfl`.
   public func assign(_ truth: GroundTruth) -> [Int] {
     switch recipe {
     case .fcos(let radius): return Assigner.fcos(levels: pointLevels, truth: truth.boxes, radius: radius)
@@ -260,13 +281,19 @@ public final class TaskLoss: @unchecked Sendable {
   public func targets(_ truth: [GroundTruth], outputs: [String: Tensor] = [:], assignments: [[Int]]? = nil) throws
     -> [String: Tensor]
   {
-    guard truth.count == batch else { throw HeadConfigError("\(truth.count) images of ground truth for a batch of \(batch)") }
+    guard truth.count == batch else {
+      throw HeadConfigError("\(truth.count) images of ground truth for a batch of \(batch)")
+    }
     let assignments = assignments ?? truth.map(assign)
     let classes = config.numClasses
     var targetClasses = [Float](repeating: 0, count: batch * rowCount * classes)
     var classWeight = [Float](repeating: 0, count: batch * rowCount)
-    var foreground: [Int64] = [], weights: [Float] = [], boxes: [Float] = [], centerness: [Float] = []
-    var distances: [Float] = [], distanceWeights: [Float] = []
+    var foreground: [Int64] = []
+    var weights: [Float] = []
+    var boxes: [Float] = []
+    var centerness: [Float] = []
+    var distances: [Float] = []
+    var distanceWeights: [Float] = []
     var form: DenseForm?
     if case .gfl = recipe {
       form = try HeadDecoder(config).denseForm(outputs: outputs, imageSize: config.inputSize ?? (0, 0))
@@ -286,38 +313,41 @@ public final class TaskLoss: @unchecked Sendable {
           throw HeadConfigError("image \(image): label \(label) is outside num_classes \(classes)")
         }
         foreground.append(Int64(image * rowCount + row))
-        let box = truth[image].boxes[match], prior = priors[row]
-        guard let form else {
-          targetClasses[(image * rowCount + row) * classes + label] = 1
-          switch recipe {
+        let box = truth[image].boxes[match]
+        let prior = priors[row]
+        let cell = (image * rowCount + row) * classes + label
+        switch recipe {
         case .fcos:
+          targetClasses[cell] = 1
           weights.append(1 / Float(max(1, total)))
           boxes += box.xyxy
           let size = prior.width
-          let l = (prior.centerX - box.x1) / size, t = (prior.centerY - box.y1) / size
-          let r = (box.x2 - prior.centerX) / size, b = (box.y2 - prior.centerY) / size
+          let l = (prior.centerX - box.x1) / size
+          let t = (prior.centerY - box.y1) / size
+          let r = (box.x2 - prior.centerX) / size
+          let b = (box.y2 - prior.centerY) / size
           centerness.append((min(l, r) / max(l, r) * (min(t, b) / max(t, b))).squareRoot())
         case .retinanet:
+          targetClasses[cell] = 1
           weights.append(perImage)
           boxes += anchorCoder.encode(box, anchor: prior)
         case .gfl:
-          break
-          }
-          continue
+          // In stride units: the IoU of the detached prediction is the class target, the highest
+          // class score weighs the box terms (normalised below).
+          guard let form else { break }
+          let stride = rowStrides[row]
+          let scaled = Box(x1: box.x1 / stride, y1: box.y1 / stride, x2: box.x2 / stride, y2: box.y2 / stride)
+          let p = form.box(image: image, row: row)
+          let predicted = Box(x1: p.x1 / stride, y1: p.y1 / stride, x2: p.x2 / stride, y2: p.y2 / stride)
+          let inter = predicted.intersection(scaled)
+          targetClasses[cell] = inter / max(predicted.area + scaled.area - inter, 1e-6)
+          weights.append((0..<classes).map { form.score(image: image, row: row, classIndex: $0) }.max() ?? 0)
+          boxes += scaled.xyxy
+          let cx = prior.centerX / stride
+          let cy = prior.centerY / stride
+          let limit = Float(regMaxOfHead) - 0.1
+          distances += [cx - scaled.x1, cy - scaled.y1, scaled.x2 - cx, scaled.y2 - cy].map { min(max($0, 0), limit) }
         }
-        // GFL, in stride units: the IoU of the detached prediction is the class target, the
-        // highest class score weighs the box terms.
-        let stride = rowStrides[row]
-        let scaled = Box(x1: box.x1 / stride, y1: box.y1 / stride, x2: box.x2 / stride, y2: box.y2 / stride)
-        let p = form.box(image: image, row: row)
-        let predicted = Box(x1: p.x1 / stride, y1: p.y1 / stride, x2: p.x2 / stride, y2: p.y2 / stride)
-        let inter = predicted.intersection(scaled)
-        targetClasses[(image * rowCount + row) * classes + label] = inter / max(predicted.area + scaled.area - inter, 1e-6)
-        weights.append((0..<classes).map { form.score(image: image, row: row, classIndex: $0) }.max() ?? 0)
-        boxes += scaled.xyxy
-        let cx = prior.centerX / stride, cy = prior.centerY / stride
-        let limit = Float(regMaxOfHead) - 0.1
-        distances += [cx - scaled.x1, cy - scaled.y1, scaled.x2 - cx, scaled.y2 - cy].map { min(max($0, 0), limit) }
       }
     }
     if case .gfl = recipe {

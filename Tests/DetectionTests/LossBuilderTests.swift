@@ -37,7 +37,8 @@ func assertClose(
   let scale = reference.data.map(abs).max() ?? 0
   XCTAssertGreaterThan(scale, 0, "\(label): the reference gradient is all zeros", file: file, line: line)
   let worst = zip(gradient.floats, reference.data).map { abs($0 - $1) }.max() ?? .infinity
-  XCTAssertLessThanOrEqual(worst, 1e-4 * scale, "\(label): gradient differs by \(worst) (scale \(scale))", file: file, line: line)
+  XCTAssertLessThanOrEqual(
+    worst, 1e-4 * scale, "\(label): gradient differs by \(worst) (scale \(scale))", file: file, line: line)
 }
 
 final class LossBuilderTests: XCTestCase {
@@ -53,7 +54,8 @@ final class LossBuilderTests: XCTestCase {
     let loss = build(&builder, names, block)
     let graph = try LossGraph(builder, loss: loss)
     let result = try graph.evaluate(block.inputs.mapValues(\.tensor), gradientsFor: [wrt])
-    assertClose(loss: result.loss, block.loss, gradient: result.gradients[wrt], block.grads[wrt]!, name, file: file, line: line)
+    assertClose(
+      loss: result.loss, block.loss, gradient: result.gradients[wrt], block.grads[wrt]!, name, file: file, line: line)
   }
 
   func testSigmoidFocalLossMatchesTorchvision() throws {
@@ -66,7 +68,8 @@ final class LossBuilderTests: XCTestCase {
 
   func testQualityFocalLossMatchesMMDetFormula() throws {
     try check("qfl", wrt: "logits") { b, n, _ in
-      let perRow = b.reduceSum(b.qualityFocalLoss(logits: n["logits"]!, scores: n["scores"]!, reduction: .none), axes: [1])
+      let perRow = b.reduceSum(
+        b.qualityFocalLoss(logits: n["logits"]!, scores: n["scores"]!, reduction: .none), axes: [1])
       return b.reduced(perRow, weight: n["weight"]!, .sum)
     }
   }
@@ -81,11 +84,15 @@ final class LossBuilderTests: XCTestCase {
   }
 
   func testIoULossMatchesReference() throws {
-    try check("iou", wrt: "predicted") { b, n, _ in b.iouLoss(predicted: n["predicted"]!, target: n["target"]!, weight: n["weight"]!) }
+    try check("iou", wrt: "predicted") { b, n, _ in
+      b.iouLoss(predicted: n["predicted"]!, target: n["target"]!, weight: n["weight"]!)
+    }
   }
 
   func testCenternessBCEMatchesPyTorch() throws {
-    try check("centerness_bce", wrt: "logits") { b, n, _ in b.bceWithLogitsLoss(logits: n["logits"]!, targets: n["targets"]!) }
+    try check("centerness_bce", wrt: "logits") { b, n, _ in
+      b.bceWithLogitsLoss(logits: n["logits"]!, targets: n["targets"]!)
+    }
   }
 
   func testDistributionFocalLossMatchesMMDetFormula() throws {
@@ -108,13 +115,18 @@ final class LossBuilderTests: XCTestCase {
     let blocks = try loadFixture("blocks.json", as: [String: BlockCase].self)
     let block = try XCTUnwrap(blocks["giou"])
     var builder = GraphBuilder(name: "giou")
-    let p = builder.input("predicted", shape: [8, 4]), t = builder.input("target", shape: [8, 4])
+    let p = builder.input("predicted", shape: [8, 4])
+    let t = builder.input("target", shape: [8, 4])
     let perBox = builder.giouLoss(predicted: p, target: t, eps: 0, reduction: .none)
     let total = builder.reduceSum(perBox)
     let graph = try LossGraph(builder, loss: total, terms: [("per_box", perBox)])
-    let tape = try graph.interpreter.record(["predicted": block.inputs["predicted"]!.tensor, "target": block.inputs["target"]!.tensor])
+    let tape = try graph.interpreter.record([
+      "predicted": block.inputs["predicted"]!.tensor, "target": block.inputs["target"]!.tensor,
+    ])
     let values = try XCTUnwrap(tape.value(perBox)).floats
-    func boxes(_ t: FixtureTensor) -> [Box] { (0..<8).map { Box(x1: t.data[4 * $0], y1: t.data[4 * $0 + 1], x2: t.data[4 * $0 + 2], y2: t.data[4 * $0 + 3]) } }
+    func boxes(_ t: FixtureTensor) -> [Box] {
+      (0..<8).map { Box(x1: t.data[4 * $0], y1: t.data[4 * $0 + 1], x2: t.data[4 * $0 + 2], y2: t.data[4 * $0 + 3]) }
+    }
     for (i, (a, b)) in zip(boxes(block.inputs["predicted"]!), boxes(block.inputs["target"]!)).enumerated() {
       XCTAssertEqual(values[i], 1 - a.generalizedIoU(b), accuracy: 1e-5, "box \(i)")
     }
@@ -125,7 +137,8 @@ final class LossBuilderTests: XCTestCase {
     let blocks = try loadFixture("blocks.json", as: [String: BlockCase].self)
     let block = try XCTUnwrap(blocks["giou"])
     var builder = GraphBuilder(name: "giou")
-    let p = builder.input("predicted", shape: [nil, 4]), t = builder.input("target", shape: [nil, 4])
+    let p = builder.input("predicted", shape: [nil, 4])
+    let t = builder.input("target", shape: [nil, 4])
     let w = builder.input("weight", shape: [nil])
     let loss = builder.giouLoss(predicted: p, target: t, weight: w)
     let graph = try LossGraph(builder, loss: loss)

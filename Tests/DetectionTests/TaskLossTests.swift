@@ -66,16 +66,21 @@ private let gflConfig = """
   """
 
 final class TaskLossTests: XCTestCase {
-  private func check(_ fixture: TaskFixture, _ loss: TaskLoss, file: StaticString = #filePath, line: UInt = #line) throws {
+  private func check(_ fixture: TaskFixture, _ loss: TaskLoss, file: StaticString = #filePath, line: UInt = #line)
+    throws
+  {
     let truth = fixture.truth
     let assignments = truth.map(loss.assign)
     for (image, matched) in fixture.matched.enumerated() {
-      XCTAssertEqual(assignments[image], matched, "image \(image): assignment differs from torchvision's", file: file, line: line)
-      XCTAssertGreaterThan(matched.filter { $0 >= 0 }.count, 3, "image \(image): too little foreground to test", file: file, line: line)
+      XCTAssertEqual(
+        assignments[image], matched, "image \(image): assignment differs from torchvision's", file: file, line: line)
+      XCTAssertGreaterThan(
+        matched.filter { $0 >= 0 }.count, 3, "image \(image): too little foreground to test", file: file, line: line)
     }
     let result = try loss.evaluate(outputs: fixture.outputs.mapValues(\.tensor), truth: truth)
     for (name, value) in fixture.losses {
-      XCTAssertEqual(result.terms[name] ?? .nan, value, accuracy: 1e-4 * abs(value), "term \(name)", file: file, line: line)
+      XCTAssertEqual(
+        result.terms[name] ?? .nan, value, accuracy: 1e-4 * abs(value), "term \(name)", file: file, line: line)
     }
     for (name, grad) in fixture.grads.sorted(by: { $0.key < $1.key }) {
       assertClose(loss: result.loss, fixture.loss, gradient: result.gradients[name], grad, name, file: file, line: line)
@@ -128,7 +133,8 @@ final class AssignerTests: XCTestCase {
     var generated: [Box] = []
     var levels: [Int] = []
     for stride in fixture.strides {
-      let generator = AnchorGenerator(style: .mmdet, aspectRatios: [1], sizes: [8 * Float(stride)], stride: Float(stride))
+      let generator = AnchorGenerator(
+        style: .mmdet, aspectRatios: [1], sizes: [8 * Float(stride)], stride: Float(stride))
       let level = generator.anchors(height: 64 / stride, width: 64 / stride)
       generated += level
       levels.append(level.count)
@@ -153,7 +159,9 @@ final class AssignerTests: XCTestCase {
     // The best anchor of a box is kept even below the low threshold.
     let far = [Box(x1: 0, y1: 0, x2: 10, y2: 40), Box(x1: 30, y1: 30, x2: 40, y2: 40)]
     XCTAssertEqual(Assigner.maxIoU(anchors: far, truth: truth), [0, Assigner.background])
-    XCTAssertEqual(Assigner.maxIoU(anchors: far, truth: truth, allowLowQualityMatches: false), [Assigner.background, Assigner.background])
+    XCTAssertEqual(
+      Assigner.maxIoU(anchors: far, truth: truth, allowLowQualityMatches: false),
+      [Assigner.background, Assigner.background])
     XCTAssertEqual(Assigner.maxIoU(anchors: far, truth: []), [Assigner.background, Assigner.background])
   }
 }

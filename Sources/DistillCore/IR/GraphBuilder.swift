@@ -83,7 +83,9 @@ public struct GraphBuilder: Sendable {
 
   /// Appends one node of the default domain and returns its output names (`outputs` of them).
   @discardableResult
-  public mutating func add(_ op: String, _ inputs: [String], _ attributes: [Attribute] = [], outputs: Int, hint: String? = nil)
+  public mutating func add(
+    _ op: String, _ inputs: [String], _ attributes: [Attribute] = [], outputs: Int, hint: String? = nil
+  )
     -> [String]
   {
     let base = hint ?? op.lowercased()
@@ -93,7 +95,9 @@ public struct GraphBuilder: Sendable {
   }
 
   /// Appends one single-output node of the default domain and returns its output name.
-  public mutating func add(_ op: String, _ inputs: [String], _ attributes: [Attribute] = [], hint: String? = nil) -> String {
+  public mutating func add(_ op: String, _ inputs: [String], _ attributes: [Attribute] = [], hint: String? = nil)
+    -> String
+  {
     add(op, inputs, attributes, outputs: 1, hint: hint)[0]
   }
 

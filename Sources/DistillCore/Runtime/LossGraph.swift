@@ -28,7 +28,9 @@ public final class LossGraph: @unchecked Sendable {
     var builder = builder
     let defined = Set(builder.graph.nodes.flatMap(\.outputs) + builder.graph.inputs.map(\.name))
     for value in [loss] + terms.map(\.value) where !defined.contains(value) {
-      throw RuntimeError("loss graph '\(builder.graph.name ?? "")' has no value '\(value)' (was it added after the builder was passed in?)")
+      throw RuntimeError(
+        "loss graph '\(builder.graph.name ?? "")' has no value '\(value)' (was it added after the builder was passed in?)"
+      )
     }
     builder.output(loss, shape: [])
     for term in terms where term.value != loss { builder.output(term.value) }
