@@ -248,6 +248,11 @@ def make_retinanet():
     box = [leaf(o * 0.5) for o in raw_outputs(9 * 4)]
     result = task_case(model, cls, box, None, ground_truth())
     result["sizes"] = [list(s) for s in sizes]
+    # The same outputs with torchvision's smooth-L1 box loss (beta 1 when no cnf is given).
+    model.head.regression_head._loss_type = "smooth_l1"
+    box = [leaf(b) for b in box]
+    smooth = task_case(model, [leaf(c) for c in cls], box, None, ground_truth())
+    result["smooth_l1"] = {"losses": smooth["losses"], "grads": {k: v for k, v in smooth["grads"].items() if k.startswith("box")}}
     return result
 
 

@@ -1,5 +1,6 @@
 import DistillCore
 import DistillDetection
+import DistillONNX
 import Foundation
 import XCTest
 
@@ -15,6 +16,17 @@ private struct TaskFixture: Decodable {
   let loss: Float
   let matched: [[Int]]
   let sizes: [[Float]]?
+  let smoothL1: SmoothL1?
+
+  struct SmoothL1: Decodable {
+    let losses: [String: Float]
+    let grads: [String: FixtureTensor]
+  }
+
+  enum CodingKeys: String, CodingKey {
+    case targets, outputs, grads, losses, loss, matched, sizes
+    case smoothL1 = "smooth_l1"
+  }
 
   var truth: [GroundTruth] {
     targets.map { t in
@@ -95,6 +107,23 @@ final class TaskLossTests: XCTestCase {
     try check(fixture, try TaskLoss(config: try HeadConfig(yaml: retinanetConfig), outputShapes: shapes))
   }
 
+  /// torchvision's `smooth_l1` box loss (beta 1) on the same outputs.
+  func testRetinaNetSmoothL1MatchesTorchvision() throws {
+    let fixture = try loadFixture("retinanet.json", as: TaskFixture.self)
+    let expected = try XCTUnwrap(fixture.smoothL1)
+    let loss = try TaskLoss(
+      config: try HeadConfig(yaml: retinanetConfig), outputShapes: fixture.outputs.mapValues(\.shape),
+      recipe: .retinanet(boxLoss: .smoothL1(beta: 1)))
+    let result = try loss.evaluate(outputs: fixture.outputs.mapValues(\.tensor), truth: fixture.truth)
+    for (name, value) in expected.losses {
+      XCTAssertEqual(result.terms[name] ?? .nan, value, accuracy: 1e-4 * abs(value), "term \(name)")
+    }
+    let total = expected.losses.values.reduce(0, +)
+    for (name, grad) in expected.grads.sorted(by: { $0.key < $1.key }) {
+      assertClose(loss: result.loss, total, gradient: result.gradients[name], grad, name)
+    }
+  }
+
   func testFCOSLossMatchesTorchvisionComputeLoss() throws {
     let fixture = try loadFixture("fcos.json", as: TaskFixture.self)
     let shapes = fixture.outputs.mapValues(\.shape)
@@ -109,6 +138,21 @@ final class TaskLossTests: XCTestCase {
     let loss = try TaskLoss(config: config, outputShapes: fixture.outputs.mapValues(\.shape))
     XCTAssertEqual(loss.recipe, .gfl(anchorScale: 8))
     try check(fixture, loss)
+  }
+
+  /// The assembled GFL loss graph (int64 and symbolic-size inputs) writes as ONNX, reads back and
+  /// computes the same loss.
+  func testTaskLossGraphWritesAsONNX() throws {
+    let fixture = try loadFixture("gfl.json", as: TaskFixture.self)
+    let loss = try TaskLoss(config: try HeadConfig(yaml: gflConfig), outputShapes: fixture.outputs.mapValues(\.shape))
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("gfl-loss-\(getpid()).onnx").path
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    try ModelFile.write(loss.graph.model, to: path)
+    let read = try ModelFile.read(path)
+    var feeds = try loss.targets(fixture.truth, outputs: fixture.outputs.mapValues(\.tensor))
+    for (name, tensor) in fixture.outputs { feeds[name] = tensor.tensor }
+    let again = try Interpreter(model: read, fuse: false).run(feeds).outputs[0].floats[0]
+    XCTAssertEqual(again, fixture.loss, accuracy: 1e-4 * fixture.loss)
   }
 
   /// Without ground truth every row is background: only the classification term remains, and the
