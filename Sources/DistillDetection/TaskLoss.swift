@@ -98,6 +98,13 @@ public final class TaskLoss: @unchecked Sendable {
     self.config = config
     let recipe = try recipe ?? Recipe.standard(for: config)
     self.recipe = recipe
+    switch config.head {
+    case .dense(let head) where head.activation != .sigmoid || head.background != nil:
+      throw HeadConfigError("the task losses need sigmoid class logits without a background channel")
+    case .anchors(let head) where head.activation != .sigmoid || head.background != nil:
+      throw HeadConfigError("the task losses need sigmoid class logits without a background channel")
+    default: break
+    }
     let decoder = HeadDecoder(config)
     try decoder.validate(outputShapes: outputShapes)
     outputNames = decoder.outputNames

@@ -54,10 +54,8 @@ public final class LossGraph: @unchecked Sendable {
     } else {
       let tape = try interpreter.record(feeds, training: true)
       outputs = tape.outputs
-      guard outputs[0].count == 1 else {
-        throw RuntimeError("loss '\(lossName)' has shape \(outputs[0].shapeDescription), expected a scalar")
-      }
-      gradients = try tape.gradients(seeds: [lossName: Tensor(shape: outputs[0].shape, floats: [1])], targets: targets)
+      let seed = Tensor(shape: outputs[0].shape, floats: [Float](repeating: 1, count: outputs[0].count))
+      gradients = try tape.gradients(seeds: [lossName: seed], targets: targets)
     }
     guard outputs[0].count == 1 else {
       throw RuntimeError("loss '\(lossName)' has shape \(outputs[0].shapeDescription), expected a scalar")
