@@ -47,7 +47,8 @@ extension GraphBuilder {
   ) -> String {
     let p = unary("Sigmoid", logits)
     let ce = bceWithLogitsLoss(logits: logits, targets: targets, reduction: .none)
-    let notP = oneMinus(p), notT = oneMinus(targets)
+    let notP = oneMinus(p)
+    let notT = oneMinus(targets)
     let pT = plus(mul(p, targets), mul(notP, notT))
     var loss = mul(ce, add("Pow", [oneMinus(pT), scalar(gamma)]))
     if alpha >= 0 {
@@ -92,7 +93,9 @@ extension GraphBuilder {
   public mutating func smoothL1Loss(
     predictions: String, targets: String, beta: Float = 1, weight: String? = nil, reduction: LossReduction = .sum
   ) -> String {
-    guard beta > 0 else { return l1Loss(predictions: predictions, targets: targets, weight: weight, reduction: reduction) }
+    guard beta > 0 else {
+      return l1Loss(predictions: predictions, targets: targets, weight: weight, reduction: reduction)
+    }
     let distance = unary("Abs", sub(predictions, targets))
     let quadratic = mul(mul(distance, distance), scalar(0.5 / beta))
     let linear = sub(distance, scalar(0.5 * beta))
@@ -112,11 +115,13 @@ extension GraphBuilder {
   private mutating func interUnion(_ predicted: String, _ target: String)
     -> (inter: String, union: String, p: [String], t: [String])
   {
-    let p = columns(predicted, count: 4), t = columns(target, count: 4)
+    let p = columns(predicted, count: 4)
+    let t = columns(target, count: 4)
     let width = unary("Relu", sub(add("Min", [p[2], t[2]]), add("Max", [p[0], t[0]])))
     let height = unary("Relu", sub(add("Min", [p[3], t[3]]), add("Max", [p[1], t[1]])))
     let inter = mul(width, height)
-    let areaP = mul(sub(p[2], p[0]), sub(p[3], p[1])), areaT = mul(sub(t[2], t[0]), sub(t[3], t[1]))
+    let areaP = mul(sub(p[2], p[0]), sub(p[3], p[1]))
+    let areaT = mul(sub(t[2], t[0]), sub(t[3], t[1]))
     return (inter, sub(plus(areaP, areaT), inter), p, t)
   }
 

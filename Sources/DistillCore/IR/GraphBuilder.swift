@@ -12,6 +12,7 @@ public struct GraphBuilder: Sendable {
   /// Initializers added with `parameter`, in order: the values a trainer may update.
   public private(set) var parameters: [String] = []
   private var used: [String: Int] = [:]
+  private var taken: Set<String> = []
   private var scalarCache: [UInt32: String] = [:]
   private var intsCache: [[Int64]: String] = [:]
   /// Prefix of generated value names (the scope of the nodes being emitted).
@@ -27,20 +28,27 @@ public struct GraphBuilder: Sendable {
     self.opset = opset
   }
 
-  /// A fresh value name from `hint`, unique in this graph.
+  /// A fresh value name from `hint`, unique in this graph: the hint itself when free, else
+  /// `<hint>_<n>`.
   public mutating func uniqueName(_ hint: String) -> String {
     let base = scope.isEmpty ? hint : "\(scope)/\(hint)"
-    let count = used[base, default: 0]
+    var count = used[base, default: 0]
+    var name = count == 0 && !base.isEmpty ? base : "\(base)_\(count)"
+    while taken.contains(name) {
+      count += 1
+      name = "\(base)_\(count)"
+    }
     used[base] = count + 1
-    return count == 0 && !base.isEmpty ? base : "\(base)_\(count)"
+    taken.insert(name)
+    return name
   }
 
   /// Declares a graph input. A nil dim is symbolic (`<name>_d<axis>`), so the size may change from
   /// run to run (a count of foreground rows, for example).
   @discardableResult
   public mutating func input(_ name: String, shape: [Int?], dtype: DataType = .float) -> String {
-    precondition(used[name] == nil, "value name '\(name)' is already used")
-    used[name] = 1
+    precondition(!taken.contains(name), "value name '\(name)' is already used")
+    taken.insert(name)
     let dims = shape.enumerated().map { axis, size in
       size.map { ShapeDimension(value: Int64($0)) } ?? ShapeDimension(param: "\(name)_d\(axis)")
     }
@@ -74,8 +82,8 @@ public struct GraphBuilder: Sendable {
 
   /// A trainable float initializer named `name` (unique), listed in `parameters`.
   public mutating func parameter(_ tensor: Tensor, name: String) -> String {
-    precondition(used[name] == nil, "value name '\(name)' is already used")
-    used[name] = 1
+    precondition(!taken.contains(name), "value name '\(name)' is already used")
+    taken.insert(name)
     graph.initializers.append(tensor.tensorValue(name: name))
     parameters.append(name)
     return name
@@ -83,7 +91,9 @@ public struct GraphBuilder: Sendable {
 
   /// Appends one node of the default domain and returns its output names (`outputs` of them).
   @discardableResult
-  public mutating func add(_ op: String, _ inputs: [String], _ attributes: [Attribute] = [], outputs: Int, hint: String? = nil)
+  public mutating func add(
+    _ op: String, _ inputs: [String], _ attributes: [Attribute] = [], outputs: Int, hint: String? = nil
+  )
     -> [String]
   {
     let base = hint ?? op.lowercased()
@@ -93,7 +103,9 @@ public struct GraphBuilder: Sendable {
   }
 
   /// Appends one single-output node of the default domain and returns its output name.
-  public mutating func add(_ op: String, _ inputs: [String], _ attributes: [Attribute] = [], hint: String? = nil) -> String {
+  public mutating func add(_ op: String, _ inputs: [String], _ attributes: [Attribute] = [], hint: String? = nil)
+    -> String
+  {
     add(op, inputs, attributes, outputs: 1, hint: hint)[0]
   }
 

@@ -26,6 +26,12 @@ public final class LossGraph: @unchecked Sendable {
   /// it to run (without fusion, so every node stays as written).
   public init(_ builder: GraphBuilder, loss: String, terms: [(name: String, value: String)] = []) throws {
     var builder = builder
+    let defined = Set(builder.graph.nodes.flatMap(\.outputs) + builder.graph.inputs.map(\.name))
+    for value in [loss] + terms.map(\.value) where !defined.contains(value) {
+      throw RuntimeError(
+        "loss graph '\(builder.graph.name ?? "")' has no value '\(value)' (was it added after the builder was passed in?)"
+      )
+    }
     builder.output(loss, shape: [])
     for term in terms where term.value != loss { builder.output(term.value) }
     model = builder.model
@@ -48,10 +54,8 @@ public final class LossGraph: @unchecked Sendable {
     } else {
       let tape = try interpreter.record(feeds, training: true)
       outputs = tape.outputs
-      guard outputs[0].count == 1 else {
-        throw RuntimeError("loss '\(lossName)' has shape \(outputs[0].shapeDescription), expected a scalar")
-      }
-      gradients = try tape.gradients(seeds: [lossName: Tensor(shape: outputs[0].shape, floats: [1])], targets: targets)
+      let seed = Tensor(shape: outputs[0].shape, floats: [Float](repeating: 1, count: outputs[0].count))
+      gradients = try tape.gradients(seeds: [lossName: seed], targets: targets)
     }
     guard outputs[0].count == 1 else {
       throw RuntimeError("loss '\(lossName)' has shape \(outputs[0].shapeDescription), expected a scalar")
