@@ -199,7 +199,8 @@ public struct DistillConfig: Sendable {
     let train = reader.mapping(top["train"], at: "train", keys: [
       "steps", "batch", "seed", "optimizer", "schedule", "clip_grad_norm", "checkpoint_every", "freeze",
     ], required: true)
-    steps = Int(reader.number(train["steps"], at: "train.steps", range: 1...1e9, integer: true, required: true) ?? 1)
+    let givenSteps = reader.number(train["steps"], at: "train.steps", range: 1...1e9, integer: true, required: true)
+    steps = Int(givenSteps ?? 1)
     batch = Int(reader.number(train["batch"], at: "train.batch", range: 1...65536, integer: true) ?? 8)
     seed = UInt64(reader.number(train["seed"], at: "train.seed", range: 0...9.007e15, integer: true) ?? 0)
     clipGradientNorm = reader.number(train["clip_grad_norm"], at: "train.clip_grad_norm", range: 1e-12...1e12).map(Float.init)
@@ -245,7 +246,7 @@ public struct DistillConfig: Sendable {
       reader.problem("train.schedule.type: '\(decayKind)' is not one of cosine, step, linear, constant")
       scheduleDecay = .constant
     }
-    if warmup >= steps, scheduleNode["warmup"] != nil { reader.problem("train.schedule.warmup: \(warmup) is not below train.steps \(steps)") }
+    if givenSteps != nil, warmup >= steps, scheduleNode["warmup"] != nil { reader.problem("train.schedule.warmup: \(warmup) is not below train.steps \(steps)") }
     schedule = LearningRateSchedule(totalSteps: steps, warmupSteps: warmup, warmupStartFactor: warmupFactor, decay: scheduleDecay)
     let pseudo = reader.mapping(top["pseudo_label"], at: "pseudo_label", keys: ["score"])
     pseudoLabelScore = Float(reader.number(pseudo["score"], at: "pseudo_label.score", range: 0...1) ?? 0.5)
@@ -327,7 +328,7 @@ struct ConfigReader {
       return nil
     }
     guard range.contains(value) else {
-      problem("\(path): \(value) is outside \(range.lowerBound)...\(range.upperBound)")
+      problem("\(path): \(Self.format(value)) is outside \(Self.format(range.lowerBound))...\(Self.format(range.upperBound))")
       return nil
     }
     return value
@@ -348,6 +349,8 @@ struct ConfigReader {
     }
     return values
   }
+
+  static func format(_ value: Double) -> String { String(format: "%g", value) }
 
   /// " (did you mean 'x'?)" for the closest of `candidates` within a few edits, else "".
   static func suggestion(_ word: String, _ candidates: [String]) -> String {
