@@ -62,6 +62,8 @@ test: deps python-deps
 	$(PYTHON) tools/check_export.py $(DISTILL_DEBUG) --self-test Tests/Fixtures/models/tiny_fpn/model.onnx \
 	  Tests/Fixtures/models/constant_weights/model.onnx Tests/Fixtures/models/external_data/model.onnx \
 	  Tests/Fixtures/gradients/resnet18_fpn/model.onnx
+	$(DISTILL_DEBUG) train Tests/Fixtures/distill/tiny.yaml --overwrite
+	$(PYTHON) tools/check_student.py $(DISTILL_DEBUG) .build/distill-tiny/student.onnx
 	@if [ -x $(TORCH_PYTHON) ] && $(TORCH_PYTHON) -c "import torch, torchvision" 2>/dev/null; then \
 	  $(TORCH_PYTHON) tools/export_detectors.py .build-fixtures/detectors && \
 	  $(PYTHON) tools/check_roundtrip.py $(DISTILL_DEBUG) .build-fixtures/detectors/*/model.onnx && \
