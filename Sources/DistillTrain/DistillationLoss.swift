@@ -1,4 +1,5 @@
 import DistillCore
+import DistillDetection
 import Foundation
 
 /// The distillation objective as one loss graph: the teacher runs without a tape and its taps are
@@ -20,6 +21,12 @@ public final class DistillationLoss: TrainingLoss {
   public let teacherTaps: [String]
   /// Adapter weights (trainable initializers of the loss graph), in order.
   public let adapterNames: [String]
+  /// The methods, for their per-step inputs.
+  let methods: [any DistillationMethod]
+  /// Turns the teacher's outputs into boxes when the data has no annotations and a loss needs
+  /// objects (label-free mode): the teacher's head decoder and the pseudo-label score.
+  let pseudoLabels: (decoder: HeadDecoder, score: Float)?
+  let inputSize: (height: Int, width: Int)
 
   static func studentValue(_ tap: String) -> String { "student:" + tap }
   static func teacherValue(_ tap: String) -> String { "teacher:" + tap }
@@ -29,19 +36,23 @@ public final class DistillationLoss: TrainingLoss {
   /// matched by an adapter.
   public init(
     losses: [DistillConfig.Loss], teacher: Interpreter, teacherInput: String, studentInput: String,
-    teacherShapes: [String: [Int]], studentShapes: [String: [Int]], seed: UInt64
+    teacherShapes: [String: [Int]], studentShapes: [String: [Int]], seed: UInt64, inputSize: (height: Int, width: Int),
+    pseudoLabels: (decoder: HeadDecoder, score: Float)? = nil, setup: MethodSetup = MethodSetup()
   ) throws {
     self.teacher = teacher
+    self.inputSize = inputSize
+    self.pseudoLabels = pseudoLabels
     self.teacherInput = teacherInput
     self.studentInput = studentInput
     var builder = GraphBuilder(name: "distillation loss")
     var studentTaps: [String] = [], teacherTaps: [String] = []
-    for loss in losses {
-      for tap in loss.student where !studentTaps.contains(tap) {
+    let methods = try losses.map { try DistillationMethods.make($0, setup: setup) }
+    for (loss, method) in zip(losses, methods) {
+      for tap in loss.student + method.extraTaps.student where !studentTaps.contains(tap) {
         studentTaps.append(tap)
         builder.input(Self.studentValue(tap), shape: studentShapes[tap]!.map { $0 })
       }
-      for tap in loss.teacher where !teacherTaps.contains(tap) {
+      for tap in loss.teacher + method.extraTaps.teacher where !teacherTaps.contains(tap) {
         teacherTaps.append(tap)
         builder.input(Self.teacherValue(tap), shape: teacherShapes[tap]!.map { $0 })
       }
@@ -51,8 +62,8 @@ public final class DistillationLoss: TrainingLoss {
     var random = SplitMix64(seed: seed ^ 0x6164_6170_7465_7273)  // "adapters"
     var terms: [(name: String, value: String)] = []
     var weighted: [String] = []
-    for (lossIndex, loss) in losses.enumerated() {
-      let method = try DistillationMethods.make(loss)
+    for (lossIndex, (loss, method)) in zip(losses, methods).enumerated() {
+      var pairs: [TapPair] = []
       for (pairIndex, (studentTap, teacherTap)) in zip(loss.student, loss.teacher).enumerated() {
         let studentShape = studentShapes[studentTap]!, teacherShape = teacherShapes[teacherTap]!
         builder.scope = "\(loss.type)\(lossIndex)/\(pairIndex)"
@@ -60,18 +71,22 @@ public final class DistillationLoss: TrainingLoss {
           &builder, Self.studentValue(studentTap), from: studentShape, to: teacherShape, resize: loss.resize,
           describe: "\(loss.type): student tap '\(studentTap)' \(studentShape) and teacher tap '\(teacherTap)' \(teacherShape)",
           adapterName: "adapter/\(lossIndex)/\(studentTap)", random: &random)
-        let value = try method.build(&builder, student: student, teacher: Self.teacherValue(teacherTap), shape: teacherShape)
+        pairs.append(TapPair(studentTap: studentTap, teacherTap: teacherTap, student: student, teacher: Self.teacherValue(teacherTap), shape: teacherShape))
+      }
+      builder.scope = "\(loss.type)\(lossIndex)"
+      for (suffix, value) in try method.build(&builder, pairs: pairs) {
         let term = builder.mul(value, builder.scalar(loss.weight))
-        var name = "\(loss.type):\(studentTap)"
+        var name = "\(loss.type):\(suffix)"
         var repeatIndex = 2
         while terms.contains(where: { $0.name == name }) {
-          name = "\(loss.type):\(studentTap)#\(repeatIndex)"
+          name = "\(loss.type):\(suffix)#\(repeatIndex)"
           repeatIndex += 1
         }
         terms.append((name, term))
         weighted.append(term)
       }
     }
+    self.methods = methods
     builder.scope = ""
     let total = weighted.count == 1 ? builder.add("Identity", weighted, hint: "loss") : builder.add("Sum", weighted, hint: "loss")
     adapterNames = builder.parameters
@@ -117,13 +132,31 @@ public final class DistillationLoss: TrainingLoss {
     return builder.plus(builder.add("MatMul", [adapted, weight], hint: "adapter"), bias)
   }
 
+  /// Per image: the annotated objects, or (label-free) the teacher's detections above the
+  /// pseudo-label score.
+  func objects(_ batch: Batch, teacherValues: [String: Tensor], images: Tensor) throws -> [(boxes: [[Float]], labels: [Int])] {
+    if !batch.annotations.isEmpty { return batch.annotations.map { ($0.boxes, $0.labels) } }
+    guard let (decoder, score) = pseudoLabels else {
+      throw TrainingError.invalidConfig("a loss needs object boxes: give data.annotations, or a head config so the teacher's detections serve as pseudo-labels")
+    }
+    let names = Set(decoder.outputNames)
+    var outputs = teacherValues.filter { names.contains($0.key) }
+    if outputs.count < names.count {
+      outputs = try teacher.run([teacherInput: images], taps: names).taps
+    }
+    return try decoder.decode(outputs: outputs, imageSize: (inputSize.width, inputSize.height)).map { detections in
+      let kept = detections.filter { $0.score >= score }
+      return (kept.map(\.box.xyxy), kept.map(\.classIndex))
+    }
+  }
+
   public var parameters: [NamedTensor] { adapterNames.map { NamedTensor($0, graph.interpreter.parameter($0)!) } }
 
   public func setParameter(_ name: String, _ tensor: Tensor) throws { try graph.interpreter.setParameter(name, tensor) }
 
   /// The teacher's taps on `images` (no tape).
   public func teacherTapValues(_ images: Tensor) throws -> [String: Tensor] {
-    try teacher.run([teacherInput: images], taps: Set(teacherTaps)).taps
+    try teacher.run([teacherInput: images], taps: Set(teacherTaps).union(pseudoLabels?.decoder.outputNames ?? [])).taps
   }
 
   public func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation {
@@ -135,6 +168,10 @@ public final class DistillationLoss: TrainingLoss {
       guard let value = tape.value(tap) else { throw TrainingError.invalidConfig("the student's pass did not compute the tap '\(tap)'") }
       feeds[Self.studentValue(tap)] = value
     }
+    let context = StepContext(
+      batch: batch, teacher: teacherValues, student: feeds.filter { $0.key.hasPrefix("student:") }, inputSize: inputSize,
+      objects: methods.contains(where: \.needsObjects) ? try objects(batch, teacherValues: teacherValues, images: images) : [])
+    for method in methods { feeds.merge(try method.stepFeeds(context)) { _, new in new } }
     let targets = Set(studentTaps.map(Self.studentValue) + adapterNames)
     let evaluation = try graph.evaluate(feeds, gradientsFor: targets)
     var seeds: [String: Tensor] = [:]

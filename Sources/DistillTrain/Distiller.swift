@@ -72,8 +72,13 @@ public final class Distiller {
     }
     guard problems.isEmpty, let studentInput, let teacherInput else { throw ConfigProblems(file: config.file, problems: problems) }
 
-    let studentTaps = Set(config.losses.flatMap(\.student)), teacherTaps = Set(config.losses.flatMap(\.teacher))
-    let teacher = try Interpreter(model: teacherModel, keep: teacherTaps)
+    let setup = MethodSetup(
+      teacherHead: try config.teacherHead.map { try HeadConfig(yaml: $0) }, studentHead: try config.studentHead.map { try HeadConfig(yaml: $0) })
+    let methods = try config.losses.map { try DistillationMethods.make($0, setup: setup) }
+    let studentTaps = Set(config.losses.flatMap(\.student) + methods.flatMap(\.extraTaps.student))
+    let teacherTaps = Set(config.losses.flatMap(\.teacher) + methods.flatMap(\.extraTaps.teacher))
+    let teacherDecoder = setup.teacherHead.map { HeadDecoder($0) }
+    let teacher = try Interpreter(model: teacherModel, keep: teacherTaps.union(teacherDecoder?.outputNames ?? []))
     trainer = try Trainer(
       model: studentModel, config: config.training, keep: studentTaps, loss: PendingLoss(), options: options,
       batches: { _, _ in Batch(feeds: [:]) })
@@ -90,7 +95,8 @@ public final class Distiller {
     let studentShapes = try trainer.interpreter.run([studentInput.name: probe], taps: studentTaps).taps.mapValues(\.shape)
     loss = try DistillationLoss(
       losses: config.losses, teacher: teacher, teacherInput: teacherInput.name, studentInput: studentInput.name,
-      teacherShapes: teacherShapes, studentShapes: studentShapes, seed: config.seed)
+      teacherShapes: teacherShapes, studentShapes: studentShapes, seed: config.seed, inputSize: inputSize,
+      pseudoLabels: teacherDecoder.map { ($0, config.pseudoLabelScore) }, setup: setup)
     trainer.replace(loss: loss, batches: batchSource.batch)
   }
 

@@ -42,7 +42,10 @@ final class DistillationLossTests: XCTestCase {
       var builder = GraphBuilder(name: name)
       builder.input("s", shape: student.shape.map { $0 })
       builder.input("t", shape: teacher.shape.map { $0 })
-      let value = try DistillationMethods.make(loss).build(&builder, student: "s", teacher: "t", shape: teacher.shape)
+      let pair = TapPair(studentTap: "s", teacherTap: "t", student: "s", teacher: "t", shape: teacher.shape)
+      let terms = try DistillationMethods.make(loss).build(&builder, pairs: [pair])
+      XCTAssertEqual(terms.map(\.name), ["s"])
+      let value = terms[0].value
       let graph = try LossGraph(builder, loss: value)
       let result = try graph.evaluate(["s": student, "t": teacher], gradientsFor: ["s"])
       XCTAssertEqual(Double(result.loss), reference.loss, accuracy: 1e-4 * abs(reference.loss), name)

@@ -2,7 +2,7 @@ import DistillCore
 
 /// `cwd` (channel-wise distillation): each channel's map becomes a distribution over positions,
 /// `p = softmax_hw(F / tau)`; the loss is `tau^2 * sum_c KL(p_T || p_S) / (N * C)`.
-struct ChannelWiseDistillation: DistillationMethod {
+struct ChannelWiseDistillation: PairwiseMethod {
   var temperature: Float
 
   func build(_ builder: inout GraphBuilder, student: String, teacher: String, shape: [Int]) throws -> String {

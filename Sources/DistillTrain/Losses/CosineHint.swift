@@ -2,7 +2,7 @@ import DistillCore
 
 /// `cosine`: `1 - cos(F_S, F_T)` along the channel axis (1), averaged over the other positions;
 /// `cos = <s, t> / sqrt(max(|s|^2 |t|^2, 1e-16))` (PyTorch's `cosine_similarity`, eps 1e-8).
-struct CosineHint: DistillationMethod {
+struct CosineHint: PairwiseMethod {
   func build(_ builder: inout GraphBuilder, student: String, teacher: String, shape: [Int]) throws -> String {
     guard shape.count >= 2 else { throw TrainingError.invalidConfig("cosine: the taps need a channel axis (rank >= 2), got rank \(shape.count)") }
     let dot = builder.reduceSum(builder.mul(student, teacher), axes: [1])

@@ -1,19 +1,76 @@
 import DistillCore
+import DistillDetection
 
-/// One distillation loss between a student tap and a teacher tap, written as ONNX nodes.
-///
-/// `build` emits nodes reading `student` (the student's tap, already mapped to the teacher's
-/// width by an adapter when they differ) and `teacher` (the teacher's tap, a constant for the
-/// backward pass) and returns the name of a scalar value: the loss, unweighted. `shape` is the
-/// teacher tap's shape (batches have a fixed size: the last partial batch of an epoch is dropped). Methods are looked up by their
-/// config `type` in `DistillationMethods.make`.
+/// One configured tap pair as a loss sees it: the tap names, the loss-graph values holding them
+/// (the student's already mapped to the teacher's width, and size with `resize`, by an adapter)
+/// and the teacher's shape (batches have a fixed size: the last partial batch of an epoch is dropped).
+struct TapPair {
+  let studentTap: String
+  let teacherTap: String
+  let student: String
+  let teacher: String
+  let shape: [Int]
+}
+
+/// What a loss may read each step to compute its per-step inputs (no tape): the batch (images,
+/// and boxes in network-input pixels when the data has annotations), the taps' values, and the
+/// boxes to use as objects (ground truth, or the teacher's detections in label-free mode).
+struct StepContext {
+  let batch: Batch
+  let teacher: [String: Tensor]
+  let student: [String: Tensor]
+  let inputSize: (height: Int, width: Int)
+  /// Per image: object boxes and class indices.
+  let objects: [(boxes: [[Float]], labels: [Int])]
+}
+
+/// A distillation loss written as ONNX nodes, with any per-step selection (masks from boxes,
+/// instance selection, matching) done in Swift. `build` emits the nodes for all of a loss's tap
+/// pairs and returns its terms (unweighted scalar values, named; the engine prefixes the type).
+/// Values a method declares as graph inputs of its own are fed each step from `stepFeeds`.
+/// Methods are looked up by their config `type` in `DistillationMethods.make`.
 protocol DistillationMethod {
+  func build(_ builder: inout GraphBuilder, pairs: [TapPair]) throws -> [(name: String, value: String)]
+  func stepFeeds(_ context: StepContext) throws -> [String: Tensor]
+  /// Whether `StepContext.objects` must be filled (from annotations or pseudo-labels).
+  var needsObjects: Bool { get }
+  /// Taps read besides the configured pairs (head outputs, for example), never adapted: the
+  /// engine declares them as loss-graph inputs `student:TAP` / `teacher:TAP` (the student's with
+  /// gradients) and puts their values in `StepContext`.
+  var extraTaps: (student: [String], teacher: [String]) { get }
+}
+
+extension DistillationMethod {
+  var extraTaps: (student: [String], teacher: [String]) { ([], []) }
+}
+
+/// The head configs of both models, for methods that decode or read head outputs.
+public struct MethodSetup: Sendable {
+  public var teacherHead: HeadConfig?
+  public var studentHead: HeadConfig?
+  public init(teacherHead: HeadConfig? = nil, studentHead: HeadConfig? = nil) {
+    self.teacherHead = teacherHead
+    self.studentHead = studentHead
+  }
+}
+
+/// A loss of one student tap and one teacher tap, one term per pair named after the student
+/// tap, nothing computed per step.
+protocol PairwiseMethod: DistillationMethod {
   func build(_ builder: inout GraphBuilder, student: String, teacher: String, shape: [Int]) throws -> String
+}
+
+extension PairwiseMethod {
+  func build(_ builder: inout GraphBuilder, pairs: [TapPair]) throws -> [(name: String, value: String)] {
+    try pairs.map { pair in (pair.studentTap, try build(&builder, student: pair.student, teacher: pair.teacher, shape: pair.shape)) }
+  }
+  func stepFeeds(_ context: StepContext) throws -> [String: Tensor] { [:] }
+  var needsObjects: Bool { false }
 }
 
 enum DistillationMethods {
   /// The method of `loss.type` with its settings (defaults from METHODS.md).
-  static func make(_ loss: DistillConfig.Loss) throws -> any DistillationMethod {
+  static func make(_ loss: DistillConfig.Loss, setup: MethodSetup = MethodSetup()) throws -> any DistillationMethod {
     switch loss.type {
     case "mse": return MeanSquaredHint()
     case "l1": return L1Hint()

@@ -5,7 +5,7 @@ import DistillCore
 /// - softmax heads: `sum_c w_c p_T(c) (log p_T(c) - log p_S(c)) * T^2` over the class `axis`, with
 ///   `p = softmax(z / T)`, averaged over the other positions; `w_0 = background_weight` (Chen et
 ///   al.'s 1.5 for the background class 0; default 1, plain KL) and `w_c = 1` otherwise.
-struct KnowledgeDistillation: DistillationMethod {
+struct KnowledgeDistillation: PairwiseMethod {
   enum Activation: String { case sigmoid, softmax }
   var activation: Activation
   var temperature: Float

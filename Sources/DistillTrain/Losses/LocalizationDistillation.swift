@@ -3,7 +3,7 @@ import DistillCore
 /// `ld` (localization distillation) on distribution box heads (GFL/DFL, [N, 4 (R+1), H, W] with
 /// `R = reg_max`): per box side, `KL(softmax(l_T / T) || softmax(l_S / T))` over the R+1 bins, times
 /// `T^2`, averaged over sides and positions. T = 10 by default.
-struct LocalizationDistillation: DistillationMethod {
+struct LocalizationDistillation: PairwiseMethod {
   var temperature: Float
   var regMax: Int?
 

@@ -2,7 +2,7 @@ import DistillCore
 
 /// `pkd`: each channel of both maps normalised over N, H, W to zero mean and unit standard
 /// deviation (unbiased, `+ 1e-6` in the denominator, as MMRazor's PKD), then `mean((S - T)^2) / 2`.
-struct PearsonDistillation: DistillationMethod {
+struct PearsonDistillation: PairwiseMethod {
   func build(_ builder: inout GraphBuilder, student: String, teacher: String, shape: [Int]) throws -> String {
     guard shape.count == 4 else { throw TrainingError.invalidConfig("pkd: expected feature maps [N, C, H, W], got rank \(shape.count)") }
     let count = shape[0] * shape[2] * shape[3]
