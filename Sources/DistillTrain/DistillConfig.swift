@@ -68,6 +68,9 @@ public struct DistillConfig: Sendable {
   public var freeze: String?
   public var output: String
   public var pseudoLabelScore: Float
+  /// The detection loss on the student's head outputs against the annotations (or the teacher's
+  /// pseudo-labels), its weight; nil without a `task` key.
+  public var taskWeight: Float?
 
   /// The training configuration the `Trainer` hashes into checkpoints.
   public var training: TrainingConfig {
@@ -163,10 +166,12 @@ public struct DistillConfig: Sendable {
       guard let text else { continue }
       do { _ = try HeadConfig(yaml: text) } catch { reader.problem("\(top["head"] != nil ? "head" : name): \(error)") }
     }
-    if top["task"] != nil { reader.problem("task: the detection task loss is not available in distill train yet; remove the key") }
+    let task = reader.mapping(top["task"], at: "task", keys: ["weight"])
+    taskWeight = top["task"] == nil ? nil : Float(reader.number(task["weight"], at: "task.weight", range: 0...1e9) ?? 1)
+    if taskWeight != nil, studentHead == nil { reader.problem("task: the task loss needs the student's head config (head or student_head)") }
 
     var losses: [Loss] = []
-    let lossNodes = reader.sequence(top["losses"], at: "losses", required: true)
+    let lossNodes = reader.sequence(top["losses"], at: "losses", required: top["task"] == nil)
     for (index, node) in lossNodes.enumerated() {
       let path = "losses[\(index)]"
       let type = reader.string((node as? [String: Any])?["type"], at: "\(path).type", required: true) ?? ""
@@ -193,7 +198,7 @@ public struct DistillConfig: Sendable {
       let resize = reader.bool(mapping["resize"], at: "\(path).resize") ?? false
       losses.append(Loss(type: type, teacher: teacherTaps, student: studentTaps, weight: Float(weight), settings: settings, flags: flags, resize: resize))
     }
-    if lossNodes.isEmpty, top["losses"] != nil { reader.problem("losses: give at least one loss") }
+    if lossNodes.isEmpty, top["task"] == nil { reader.problem("losses: give at least one loss (or a task loss alone, for a baseline)") }
     self.losses = losses
 
     let train = reader.mapping(top["train"], at: "train", keys: [

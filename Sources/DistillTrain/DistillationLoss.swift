@@ -27,6 +27,8 @@ public final class DistillationLoss: TrainingLoss {
   /// objects (label-free mode): the teacher's head decoder and the pseudo-label score.
   let pseudoLabels: (decoder: HeadDecoder, score: Float)?
   let inputSize: (height: Int, width: Int)
+  /// The detection task loss on the student's raw head outputs, and its weight.
+  let task: (loss: TaskLoss, weight: Float)?
 
   static func studentValue(_ tap: String) -> String { "student:" + tap }
   static func teacherValue(_ tap: String) -> String { "teacher:" + tap }
@@ -37,8 +39,10 @@ public final class DistillationLoss: TrainingLoss {
   public init(
     losses: [DistillConfig.Loss], teacher: Interpreter, teacherInput: String, studentInput: String,
     teacherShapes: [String: [Int]], studentShapes: [String: [Int]], seed: UInt64, inputSize: (height: Int, width: Int),
-    pseudoLabels: (decoder: HeadDecoder, score: Float)? = nil, setup: MethodSetup = MethodSetup()
+    pseudoLabels: (decoder: HeadDecoder, score: Float)? = nil, setup: MethodSetup = MethodSetup(),
+    task: (loss: TaskLoss, weight: Float)? = nil
   ) throws {
+    self.task = task
     self.teacher = teacher
     self.inputSize = inputSize
     self.pseudoLabels = pseudoLabels
@@ -88,7 +92,10 @@ public final class DistillationLoss: TrainingLoss {
     }
     self.methods = methods
     builder.scope = ""
-    let total = weighted.count == 1 ? builder.add("Identity", weighted, hint: "loss") : builder.add("Sum", weighted, hint: "loss")
+    let total =
+      weighted.isEmpty
+      ? builder.add("Identity", [builder.scalar(0)], hint: "loss")
+      : builder.add(weighted.count == 1 ? "Identity" : "Sum", weighted, hint: "loss")
     adapterNames = builder.parameters
     graph = try LossGraph(builder, loss: total, terms: terms)
   }
@@ -170,14 +177,39 @@ public final class DistillationLoss: TrainingLoss {
     }
     let context = StepContext(
       batch: batch, teacher: teacherValues, student: feeds.filter { $0.key.hasPrefix("student:") }, inputSize: inputSize,
-      objects: methods.contains(where: \.needsObjects) ? try objects(batch, teacherValues: teacherValues, images: images) : [])
+      objects: methods.contains(where: \.needsObjects) || task != nil ? try objects(batch, teacherValues: teacherValues, images: images) : [])
     for method in methods { feeds.merge(try method.stepFeeds(context)) { _, new in new } }
     let targets = Set(studentTaps.map(Self.studentValue) + adapterNames)
     let evaluation = try graph.evaluate(feeds, gradientsFor: targets)
     var seeds: [String: Tensor] = [:]
     for tap in studentTaps { seeds[tap] = evaluation.gradients[Self.studentValue(tap)] }
+    var total = evaluation.loss
+    var terms = evaluation.terms
+    if let (taskLoss, weight) = task {
+      var outputs: [String: Tensor] = [:]
+      for name in taskLoss.outputNames {
+        guard let value = tape.value(name) else { throw TrainingError.invalidConfig("the student's pass did not compute the head output '\(name)'") }
+        outputs[name] = value
+      }
+      let truth = context.objects.map { object in
+        GroundTruth(boxes: object.boxes.map { Box(x1: $0[0], y1: $0[1], x2: $0[2], y2: $0[3]) }, labels: object.labels)
+      }
+      let result = try taskLoss.evaluate(outputs: outputs, truth: truth)
+      total += weight * result.loss
+      for (name, value) in result.terms { terms["task:" + name] = weight * value }
+      for (name, gradient) in result.gradients {
+        var scaled = gradient
+        if weight != 1 { scaled.floats = scaled.floats.map { $0 * weight } }
+        if var existing = seeds[name] {
+          for index in existing.floats.indices { existing.floats[index] += scaled.floats[index] }
+          seeds[name] = existing
+        } else {
+          seeds[name] = scaled
+        }
+      }
+    }
     var adapterGradients: [String: Tensor] = [:]
     for name in adapterNames { adapterGradients[name] = evaluation.gradients[name] }
-    return LossEvaluation(loss: evaluation.loss, seeds: seeds, terms: evaluation.terms, parameterGradients: adapterGradients)
+    return LossEvaluation(loss: total, seeds: seeds, terms: terms, parameterGradients: adapterGradients)
   }
 }

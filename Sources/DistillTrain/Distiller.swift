@@ -75,7 +75,8 @@ public final class Distiller {
     let setup = MethodSetup(
       teacherHead: try config.teacherHead.map { try HeadConfig(yaml: $0) }, studentHead: try config.studentHead.map { try HeadConfig(yaml: $0) })
     let methods = try config.losses.map { try DistillationMethods.make($0, setup: setup) }
-    let studentTaps = Set(config.losses.flatMap(\.student) + methods.flatMap(\.extraTaps.student))
+    let taskOutputs = config.taskWeight != nil ? HeadDecoder(setup.studentHead!).outputNames : []
+    let studentTaps = Set(config.losses.flatMap(\.student) + methods.flatMap(\.extraTaps.student) + taskOutputs)
     let teacherTaps = Set(config.losses.flatMap(\.teacher) + methods.flatMap(\.extraTaps.teacher))
     let teacherDecoder = setup.teacherHead.map { HeadDecoder($0) }
     let teacher = try Interpreter(model: teacherModel, keep: teacherTaps.union(teacherDecoder?.outputNames ?? []))
@@ -93,10 +94,14 @@ public final class Distiller {
     let probe = Tensor(shape: [config.batch, 3, inputSize.height, inputSize.width], floats: [Float](repeating: 0.5, count: config.batch * 3 * inputSize.height * inputSize.width))
     let teacherShapes = try teacher.run([teacherInput.name: probe], taps: teacherTaps).taps.mapValues(\.shape)
     let studentShapes = try trainer.interpreter.run([studentInput.name: probe], taps: studentTaps).taps.mapValues(\.shape)
+    var task: (loss: TaskLoss, weight: Float)?
+    if let weight = config.taskWeight, let head = setup.studentHead {
+      task = (try TaskLoss(config: head, outputShapes: studentShapes.filter { taskOutputs.contains($0.key) }), weight)
+    }
     loss = try DistillationLoss(
       losses: config.losses, teacher: teacher, teacherInput: teacherInput.name, studentInput: studentInput.name,
       teacherShapes: teacherShapes, studentShapes: studentShapes, seed: config.seed, inputSize: inputSize,
-      pseudoLabels: teacherDecoder.map { ($0, config.pseudoLabelScore) }, setup: setup)
+      pseudoLabels: teacherDecoder.map { ($0, config.pseudoLabelScore) }, setup: setup, task: task)
     trainer.replace(loss: loss, batches: batchSource.batch)
   }
 
