@@ -124,4 +124,29 @@ final class TrainCLITests: XCTestCase {
         "the same student, bit for bit")
     }
   }
+
+  /// `distill init` drafts a config that `distill train` accepts as it is (here on the tiny pair,
+  /// with the steps shortened for the test).
+  func testInitDraftsAConfigThatTrains() throws {
+    let heads = fixtures.appendingPathComponent("heads").path
+    let images = fixtures.appendingPathComponent("eval/fcos/images").path
+    let result = try distill(["init", heads + "/fcos/model.onnx", heads + "/retinanet/model.onnx", "--images", images])
+    XCTAssertEqual(result.status, 0, result.stderr)
+    XCTAssertTrue(result.stdout.contains("type: dense"), result.stdout)
+    XCTAssertTrue(result.stdout.contains("type: anchors"), result.stdout)
+    XCTAssertTrue(result.stdout.contains("teacher: [/backbone/c3/c3.1/Relu_output_0, /backbone/c4/c4.1/Relu_output_0]"), result.stdout)
+    XCTAssertTrue(result.stdout.contains("# guessed:"), result.stdout)
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("init-cli-\(getpid())")
+    try? FileManager.default.removeItem(at: directory)
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    let shortened = result.stdout.replacingOccurrences(of: "steps: 2000", with: "steps: 2").replacingOccurrences(of: "batch: 8", with: "batch: 2")
+      .replacingOccurrences(of: "warmup: 100", with: "warmup: 1")
+    let path = directory.appendingPathComponent("distill.yaml").path
+    try shortened.write(toFile: path, atomically: true, encoding: .utf8)
+    let trained = try distill(["train", path])
+    XCTAssertEqual(trained.status, 0, trained.stderr)
+    XCTAssertTrue(FileManager.default.fileExists(atPath: directory.appendingPathComponent("runs/distill/student.onnx").path))
+    let missing = try distill(["init", heads + "/fcos/model.onnx", heads + "/nope.onnx"])
+    XCTAssertEqual(missing.status, 1)
+  }
 }
