@@ -83,7 +83,10 @@ public struct DistillConfig: Sendable {
     "mse": ([], []), "l1": ([], []), "cosine": ([], []),
     "kd": (["temperature", "background_weight", "axis"], ["activation"]),
     "cwd": (["temperature"], []), "pkd": ([], []), "ld": (["temperature", "reg_max"], []),
+    "detr": (["class_weight", "l1_weight", "giou_weight"], []),
   ]
+  /// Losses whose taps come from the head configs: `teacher`/`student` may be left out.
+  static let headDrivenLosses: Set<String> = ["detr"]
 
   public static func load(_ path: String) throws -> DistillConfig {
     let text: String
@@ -183,8 +186,9 @@ public struct DistillConfig: Sendable {
       }
       let keys = ["type", "teacher", "student", "weight", "resize"] + known.settings + known.flags
       let mapping = reader.mapping(node, at: path, keys: keys)
-      let teacherTaps = reader.names(mapping["teacher"], at: "\(path).teacher")
-      let studentTaps = reader.names(mapping["student"], at: "\(path).student")
+      let optionalTaps = Self.headDrivenLosses.contains(type)
+      let teacherTaps = optionalTaps && mapping["teacher"] == nil ? [] : reader.names(mapping["teacher"], at: "\(path).teacher")
+      let studentTaps = optionalTaps && mapping["student"] == nil ? [] : reader.names(mapping["student"], at: "\(path).student")
       if teacherTaps.count != studentTaps.count {
         reader.problem("\(path): teacher names \(teacherTaps.count) taps and student \(studentTaps.count); pair them one to one")
       }

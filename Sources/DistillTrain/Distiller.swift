@@ -66,6 +66,17 @@ public final class Distiller {
       checkTaps(loss.teacher, teacherGraph, "teacher", "losses[\(index)].teacher")
       checkTaps(loss.student, studentGraph, "student", "losses[\(index)].student")
     }
+    do {
+      let setup = MethodSetup(
+        teacherHead: try config.teacherHead.map { try HeadConfig(yaml: $0) }, studentHead: try config.studentHead.map { try HeadConfig(yaml: $0) })
+      for (index, loss) in config.losses.enumerated() {
+        let extra = try DistillationMethods.make(loss, setup: setup).extraTaps
+        checkTaps(extra.teacher, teacherGraph, "teacher", "losses[\(index)] (from the teacher's head config)")
+        checkTaps(extra.student, studentGraph, "student", "losses[\(index)] (from the student's head config)")
+      }
+    } catch {
+      problems.append("\(error)")
+    }
     for path in [config.data.images, config.data.annotations, config.data.tensors].compactMap({ $0 })
     where !FileManager.default.fileExists(atPath: path) {
       problems.append("data: \(path) does not exist")
