@@ -80,6 +80,7 @@ public struct DistillConfig: Sendable {
     "mse": ([], []), "l1": ([], []), "cosine": ([], []),
     "kd": (["temperature", "background_weight", "axis"], ["activation"]),
     "cwd": (["temperature"], []), "pkd": ([], []), "ld": (["temperature", "reg_max"], []),
+    "gid": (GeneralInstanceDistillation.Settings.keys, []),
   ]
 
   public static func load(_ path: String) throws -> DistillConfig {

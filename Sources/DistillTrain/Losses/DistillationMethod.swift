@@ -87,6 +87,7 @@ enum DistillationMethods {
     case "pkd": return PearsonDistillation()
     case "ld":
       return LocalizationDistillation(temperature: Float(loss.settings["temperature"] ?? 10), regMax: loss.settings["reg_max"].map(Int.init))
+    case "gid": return try GeneralInstanceDistillation(settings: .init(loss.settings), setup: setup)
     default: throw TrainingError.invalidConfig("unknown loss '\(loss.type)'")
     }
   }
