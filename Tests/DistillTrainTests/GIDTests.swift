@@ -47,7 +47,6 @@ final class GIDTests: XCTestCase {
         XCTAssertTrue(value.isFinite && value > 0, "step \(report.step) \(name) = \(value)")
       }
     }
-    print("gid tiny losses:", reports.map(\.loss), reports.map(\.terms))
     XCTAssertLessThan(reports.last!.loss, reports.first!.loss, "distillation lowers the loss")
   }
 
