@@ -184,7 +184,6 @@ final class GeneralInstanceDistillation: DistillationMethod {
 
   var extraTaps: (student: [String], teacher: [String]) { (studentDecoder.outputNames, teacherDecoder.outputNames) }
 
-  // MARK: - Graph
 
   func build(_ builder: inout GraphBuilder, pairs: [TapPair]) throws -> [(name: String, value: String)] {
     guard let first = pairs.first else { throw TrainingError.invalidConfig("gid: give the FPN levels as teacher and student taps") }
@@ -296,7 +295,6 @@ final class GeneralInstanceDistillation: DistillationMethod {
     ]
   }
 
-  // MARK: - Selection
 
   /// Per image and per row of the shared layout: the score (best non-background class) and box.
   /// The layout is the heads' rows when both have the same levels and anchors; otherwise their
