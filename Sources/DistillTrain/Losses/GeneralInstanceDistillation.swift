@@ -184,7 +184,6 @@ final class GeneralInstanceDistillation: DistillationMethod {
 
   var extraTaps: (student: [String], teacher: [String]) { (studentDecoder.outputNames, teacherDecoder.outputNames) }
 
-
   func build(_ builder: inout GraphBuilder, pairs: [TapPair]) throws -> [(name: String, value: String)] {
     guard let first = pairs.first else { throw TrainingError.invalidConfig("gid: give the FPN levels as teacher and student taps") }
     for pair in pairs where pair.shape.count != 4 || pair.shape[1] != first.shape[1] || pair.shape[0] != first.shape[0] {
@@ -294,7 +293,6 @@ final class GeneralInstanceDistillation: DistillationMethod {
       ("response", response),
     ]
   }
-
 
   /// Per image and per row of the shared layout: the score (best non-background class) and box.
   /// The layout is the heads' rows when both have the same levels and anchors; otherwise their
