@@ -84,6 +84,7 @@ public struct DistillConfig: Sendable {
     "kd": (["temperature", "background_weight", "axis"], ["activation"]),
     "cwd": (["temperature"], []), "pkd": ([], []), "ld": (["temperature", "reg_max"], []),
     "detr": (["class_weight", "l1_weight", "giou_weight"], []),
+    "gid": (GeneralInstanceDistillation.Settings.keys, []),
   ]
   /// Losses whose taps come from the head configs: `teacher`/`student` may be left out.
   static let headDrivenLosses: Set<String> = ["detr"]

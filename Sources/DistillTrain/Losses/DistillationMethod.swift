@@ -88,6 +88,7 @@ enum DistillationMethods {
     case "ld":
       return LocalizationDistillation(temperature: Float(loss.settings["temperature"] ?? 10), regMax: loss.settings["reg_max"].map(Int.init))
     case "detr": return try DETRDistill(setup: setup, settings: loss.settings)
+    case "gid": return try GeneralInstanceDistillation(settings: .init(loss.settings), setup: setup)
     default: throw TrainingError.invalidConfig("unknown loss '\(loss.type)'")
     }
   }
