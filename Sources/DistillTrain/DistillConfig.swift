@@ -80,6 +80,9 @@ public struct DistillConfig: Sendable {
     "mse": ([], []), "l1": ([], []), "cosine": ([], []),
     "kd": (["temperature", "background_weight", "axis"], ["activation"]),
     "cwd": (["temperature"], []), "pkd": ([], []), "ld": (["temperature", "reg_max"], []),
+    "fgd": (["temperature", "alpha", "beta", "gamma", "lambda"], []),
+    "mimic": (["output_size", "sampling_ratio", "canonical_size"], []),
+    "bounded_regression": (["margin", "nu", "task_weight", "beta"], []),
   ]
 
   public static func load(_ path: String) throws -> DistillConfig {
