@@ -85,6 +85,9 @@ public struct DistillConfig: Sendable {
     "cwd": (["temperature"], []), "pkd": ([], []), "ld": (["temperature", "reg_max"], []),
     "detr": (["class_weight", "l1_weight", "giou_weight"], []),
     "gid": (GeneralInstanceDistillation.Settings.keys, []),
+    "fgd": (["temperature", "alpha", "beta", "gamma", "lambda"], []),
+    "mimic": (["output_size", "sampling_ratio", "canonical_size"], []),
+    "bounded_regression": (["margin", "nu", "task_weight", "beta"], []),
   ]
   /// Losses whose taps come from the head configs: `teacher`/`student` may be left out.
   static let headDrivenLosses: Set<String> = ["detr"]

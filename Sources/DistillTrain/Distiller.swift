@@ -143,12 +143,16 @@ final class BatchSource: @unchecked Sendable {
   private let tensorFiles: [String]
   private let batchSize: Int
   private let shuffle: Bool
+  /// Whether the images have annotations; label-free batches carry none, so losses that need
+  /// objects get the teacher's pseudo-labels.
+  private let annotated: Bool
   private let seed: UInt64
   private var epochBatches: EpochBatches?
   private var expected: (epoch: Int, index: Int)?
 
   init(config: DistillConfig, inputName: String, size: (height: Int, width: Int)?) throws {
     self.inputName = inputName
+    annotated = config.data.annotations != nil
     batchSize = config.batch
     shuffle = config.data.shuffle
     seed = config.seed
@@ -201,7 +205,7 @@ final class BatchSource: @unchecked Sendable {
     expected = index + 1 < perEpoch ? (epoch, index + 1) : (epoch + 1, 0)
     if index + 1 >= perEpoch { epochBatches?.close(); epochBatches = nil }
     var result = Batch(feeds: [inputName: batch.images])
-    result.annotations = batch.targets
+    if annotated { result.annotations = batch.targets }
     return result
   }
 

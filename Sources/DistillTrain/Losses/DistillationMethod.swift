@@ -89,6 +89,18 @@ enum DistillationMethods {
       return LocalizationDistillation(temperature: Float(loss.settings["temperature"] ?? 10), regMax: loss.settings["reg_max"].map(Int.init))
     case "detr": return try DETRDistill(setup: setup, settings: loss.settings)
     case "gid": return try GeneralInstanceDistillation(settings: .init(loss.settings), setup: setup)
+    case "fgd":
+      return FocalGlobalDistillation(
+        temperature: Float(loss.settings["temperature"] ?? 0.5), alpha: Float(loss.settings["alpha"] ?? 1e-3),
+        beta: Float(loss.settings["beta"] ?? 5e-4), gamma: Float(loss.settings["gamma"] ?? 1e-3), lambda: Float(loss.settings["lambda"] ?? 5e-6))
+    case "mimic":
+      return MimicDistillation(
+        outputSize: Int(loss.settings["output_size"] ?? 7), samplingRatio: Int(loss.settings["sampling_ratio"] ?? 2),
+        canonicalSize: Float(loss.settings["canonical_size"] ?? 224))
+    case "bounded_regression":
+      return try BoundedRegression(
+        head: setup.studentHead, margin: Float(loss.settings["margin"] ?? 0), nu: Float(loss.settings["nu"] ?? 0.5),
+        taskWeight: Float(loss.settings["task_weight"] ?? 1), beta: Float(loss.settings["beta"] ?? 1))
     default: throw TrainingError.invalidConfig("unknown loss '\(loss.type)'")
     }
   }
