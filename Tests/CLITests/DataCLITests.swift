@@ -50,6 +50,7 @@ final class DataCLITests: XCTestCase {
       XCTAssertTrue(result.stderr.contains(message), result.stderr)
     }
     XCTAssertFalse(FileManager.default.fileExists(atPath: out.path))
+    XCTAssertTrue(try distill(["--help"]).stdout.contains("data"))
     let help = try distill(["data", "synth", "--help"])
     XCTAssertTrue(help.stdout.contains("--val-fraction"), help.stdout)
     XCTAssertTrue(help.stdout.contains("--overwrite"), help.stdout)
