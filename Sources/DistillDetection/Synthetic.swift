@@ -102,6 +102,7 @@ public enum SyntheticDataset {
 
     var owner = [Int32](repeating: -1, count: size * size)
     var objects: [(painter: Int, object: Object)] = [], distractors: [Distractor] = []
+    var painted: [(box: PixelBox, color: SIMD3<UInt8>)] = []
     for (number, painter) in painters.enumerated() {
       let side = random.logUniform(painter.isObject ? 8 : 12, 80) * scale
       let shape = painter.isObject
@@ -112,9 +113,12 @@ public enum SyntheticDataset {
       let x1 = max(0, Int(bounds.x1.rounded(.down)) - 1), y1 = max(0, Int(bounds.y1.rounded(.down)) - 1)
       let x2 = min(size, Int(bounds.x2.rounded(.up)) + 1), y2 = min(size, Int(bounds.y2.rounded(.up)) + 1)
       let area = PixelBox(x: x1, y: y1, width: x2 - x1, height: y2 - y1)
-      let color = contrastingColor(against: canvas.meanColor(x: area.x, y: area.y, width: area.width, height: area.height), random: &random)
+      let overlapped = painted.filter { $0.box.x < area.x + area.width && area.x < $0.box.x + $0.box.width && $0.box.y < area.y + area.height && area.y < $0.box.y + $0.box.height }
+      let color = contrastingColor(
+        against: canvas.meanColor(x: area.x, y: area.y, width: area.width, height: area.height), and: overlapped.map(\.color), random: &random)
+      painted.append((area, color))
       canvas.draw(path, red: Double(color.x) / 255, green: Double(color.y) / 255, blue: Double(color.z) / 255)
-      if path.strokeWidth == nil, random.chance(0.3) {
+      if path.strokeWidth == nil, side >= 20 * scale, random.chance(0.3) {
         let outline = CanvasPath(polygons: path.polygons.map { $0 + [$0[0]] }, strokeWidth: max(1, side / 30))
         let dark = random.chance(0.5) ? 0.45 : 1.6
         canvas.draw(
@@ -301,15 +305,18 @@ public enum SyntheticDataset {
     [140, 60, 190], [240, 120, 180], [245, 245, 245], [20, 20, 20], [130, 80, 40], [128, 128, 128],
   ]
 
-  /// A jittered palette colour at least 90 (RGB distance) from `background`, or black or white,
-  /// whichever is farther, after ten tries.
-  static func contrastingColor(against background: SIMD3<Double>, random: inout SplitMix64) -> SIMD3<UInt8> {
-    for _ in 0..<10 {
+  /// A jittered palette colour at least 90 (RGB distance) from `background` and 70 from each of
+  /// `neighbours` (the shapes it may overlap), or else black or white, whichever is farther from
+  /// `background`, after twenty tries.
+  static func contrastingColor(against background: SIMD3<Double>, and neighbours: [SIMD3<UInt8>], random: inout SplitMix64) -> SIMD3<UInt8> {
+    func distance(_ a: SIMD3<Double>, _ b: SIMD3<Double>) -> Double { ((a - b) * (a - b)).sum().squareRoot() }
+    for _ in 0..<20 {
       let base = colors[random.int(0...(colors.count - 1))]
       let color = base + SIMD3(random.uniform(-25, 25), random.uniform(-25, 25), random.uniform(-25, 25))
       let clamped = pointwiseMax(SIMD3(repeating: 0), pointwiseMin(SIMD3(repeating: 255), color))
-      let difference = clamped - background
-      if (difference * difference).sum().squareRoot() >= 90 { return SIMD3<UInt8>(clamped, rounding: .toNearestOrAwayFromZero) }
+      if distance(clamped, background) >= 90, neighbours.allSatisfy({ distance(clamped, SIMD3<Double>($0)) >= 70 }) {
+        return SIMD3<UInt8>(clamped, rounding: .toNearestOrAwayFromZero)
+      }
     }
     return (background * background).sum() > (SIMD3(repeating: 255) - background).squared.sum() ? [15, 15, 15] : [240, 240, 240]
   }
