@@ -118,3 +118,155 @@ public struct DrawingError: Error, CustomStringConvertible {
   public let description: String
   init(_ description: String) { self.description = description }
 }
+
+/// A shape for `Canvas`: polygons in pixel coordinates (y down), filled with the non-zero or the
+/// even-odd rule (a ring is two circles filled even-odd), or, with `strokeWidth`, open polylines
+/// stroked with round caps and joins.
+public struct CanvasPath: Sendable {
+  public var polygons: [[SIMD2<Double>]]
+  public var evenOdd: Bool
+  public var strokeWidth: Double?
+
+  public init(polygons: [[SIMD2<Double>]], evenOdd: Bool = false, strokeWidth: Double? = nil) {
+    self.polygons = polygons
+    self.evenOdd = evenOdd
+    self.strokeWidth = strokeWidth
+  }
+
+  /// The smallest axis-aligned rectangle holding every vertex, widened by half the stroke width.
+  public var bounds: (x1: Double, y1: Double, x2: Double, y2: Double) {
+    let points = polygons.joined()
+    let pad = (strokeWidth ?? 0) / 2
+    guard let first = points.first else { return (0, 0, 0, 0) }
+    var low = first, high = first
+    for point in points {
+      low = pointwiseMin(low, point)
+      high = pointwiseMax(high, point)
+    }
+    return (low.x - pad, low.y - pad, high.x + pad, high.y + pad)
+  }
+}
+
+/// An RGB raster that anti-aliased shapes are painted on with cairo. Not thread-safe; separate
+/// canvases may be used on separate threads.
+public final class Canvas {
+  public let width: Int
+  public let height: Int
+  private let surface: OpaquePointer
+  private let context: OpaquePointer
+  private let stride: Int
+
+  /// A canvas holding `image`'s pixels.
+  public init(_ image: Image) throws {
+    guard image.width > 0, image.height > 0, image.width <= 16384, image.height <= 16384 else {
+      throw DrawingError("cannot make a \(image.width)x\(image.height) canvas (1 to 16384 pixels a side)")
+    }
+    width = image.width
+    height = image.height
+    guard let surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, Int32(width), Int32(height)),
+      cairo_surface_status(surface) == CAIRO_STATUS_SUCCESS
+    else { throw DrawingError("cairo could not create a \(width)x\(height) surface") }
+    guard let context = cairo_create(surface) else {
+      cairo_surface_destroy(surface)
+      throw DrawingError("cairo could not create a context")
+    }
+    self.surface = surface
+    self.context = context
+    stride = Int(cairo_image_surface_get_stride(surface))
+    let data = cairo_image_surface_get_data(surface)!
+    for y in 0..<height {
+      for x in 0..<width {
+        let from = (y * width + x) * 3, to = y * stride + x * 4
+        // CAIRO_FORMAT_RGB24: a native-endian xRGB word, B, G, R, x in memory on little-endian hosts.
+        data[to] = image.pixels[from + 2]
+        data[to + 1] = image.pixels[from + 1]
+        data[to + 2] = image.pixels[from]
+        data[to + 3] = 255
+      }
+    }
+    cairo_surface_mark_dirty(surface)
+  }
+
+  deinit {
+    cairo_destroy(context)
+    cairo_surface_destroy(surface)
+  }
+
+  /// Paints `path` in the colour (components in 0...1) with `alpha` over what is there.
+  public func draw(_ path: CanvasPath, red: Double, green: Double, blue: Double, alpha: Double = 1) {
+    cairo_set_source_rgba(context, red, green, blue, alpha)
+    Canvas.paint(path, on: context)
+  }
+
+  /// How much of each pixel of the rectangle (`x`, `y`, `width`, `height`; clipped to nothing outside
+  /// it) `path` covers, 0...255, row-major `width * height` bytes; what is drawn is not changed.
+  public func coverage(of path: CanvasPath, x: Int, y: Int, width: Int, height: Int) -> [UInt8] {
+    guard width > 0, height > 0,
+      let mask = cairo_image_surface_create(CAIRO_FORMAT_A8, Int32(width), Int32(height))
+    else { return [] }
+    defer { cairo_surface_destroy(mask) }
+    guard let maskContext = cairo_create(mask) else { return [UInt8](repeating: 0, count: width * height) }
+    defer { cairo_destroy(maskContext) }
+    cairo_translate(maskContext, Double(-x), Double(-y))
+    cairo_set_source_rgba(maskContext, 0, 0, 0, 1)
+    Canvas.paint(path, on: maskContext)
+    cairo_surface_flush(mask)
+    let maskStride = Int(cairo_image_surface_get_stride(mask))
+    guard let data = cairo_image_surface_get_data(mask) else { return [UInt8](repeating: 0, count: width * height) }
+    var out = [UInt8](repeating: 0, count: width * height)
+    for row in 0..<height {
+      for column in 0..<width { out[row * width + column] = data[row * maskStride + column] }
+    }
+    return out
+  }
+
+  /// The mean colour (0...255 per channel) of the rectangle's pixels that lie on the canvas.
+  public func meanColor(x: Int, y: Int, width: Int, height: Int) -> SIMD3<Double> {
+    cairo_surface_flush(surface)
+    let data = cairo_image_surface_get_data(surface)!
+    var sum = SIMD3<Double>(0, 0, 0), count = 0
+    for row in max(0, y)..<min(self.height, y + height) {
+      for column in max(0, x)..<min(self.width, x + width) {
+        let at = row * stride + column * 4
+        sum += SIMD3(Double(data[at + 2]), Double(data[at + 1]), Double(data[at]))
+        count += 1
+      }
+    }
+    return count == 0 ? sum : sum / Double(count)
+  }
+
+  /// The canvas as an RGB image.
+  public var image: Image {
+    cairo_surface_flush(surface)
+    let data = cairo_image_surface_get_data(surface)!
+    var pixels = [UInt8](repeating: 0, count: width * height * 3)
+    for y in 0..<height {
+      for x in 0..<width {
+        let from = y * stride + x * 4, to = (y * width + x) * 3
+        pixels[to] = data[from + 2]
+        pixels[to + 1] = data[from + 1]
+        pixels[to + 2] = data[from]
+      }
+    }
+    return Image(width: width, height: height, pixels: pixels)
+  }
+
+  private static func paint(_ path: CanvasPath, on context: OpaquePointer) {
+    cairo_new_path(context)
+    for polygon in path.polygons {
+      guard let first = polygon.first else { continue }
+      cairo_move_to(context, first.x, first.y)
+      for point in polygon.dropFirst() { cairo_line_to(context, point.x, point.y) }
+      if path.strokeWidth == nil { cairo_close_path(context) }
+    }
+    if let width = path.strokeWidth {
+      cairo_set_line_width(context, width)
+      cairo_set_line_cap(context, CAIRO_LINE_CAP_ROUND)
+      cairo_set_line_join(context, CAIRO_LINE_JOIN_ROUND)
+      cairo_stroke(context)
+    } else {
+      cairo_set_fill_rule(context, path.evenOdd ? CAIRO_FILL_RULE_EVEN_ODD : CAIRO_FILL_RULE_WINDING)
+      cairo_fill(context)
+    }
+  }
+}
