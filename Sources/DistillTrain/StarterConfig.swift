@@ -116,6 +116,11 @@ public enum StarterConfig {
     return lines.joined(separator: "\n") + "\n"
   }
 
+  /// The feature maps feeding the detection head, by stride (fine to coarse), for an input of `size`.
+  public static func features(_ model: Model, size: (height: Int, width: Int)) throws -> [(stride: Int, name: String)] {
+    try survey(model, role: "model", size: size).features.compactMap { feature in feature.stride.map { ($0, feature.name) } }
+  }
+
   static func quoted(_ text: String) -> String {
     let plain = text.allSatisfy { $0.isLetter || $0.isNumber || "/._-".contains($0) } && !text.isEmpty && !text.hasPrefix("-")
     return plain ? text : "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""

@@ -87,3 +87,32 @@ struct Progress {
     }
   }
 }
+
+/// `detector`'s detections of every image of `annotations` (found under `images`) as COCO results,
+/// `batch` images per forward pass, with a progress line labelled `label` (nil: silent).
+func cocoDetections(_ detector: Detector, annotations: COCOAnnotations, images: String, batch: Int, label: String?) throws -> [COCODetection] {
+  let source = try annotations.source(imageDirectory: images)
+  let progress = label.map { Progress(label: $0, total: source.count) }
+  var results: [COCODetection] = []
+  for start in stride(from: 0, to: source.count, by: batch) {
+    let indices = Array(start..<min(start + batch, source.count))
+    let pictures = try indices.map { try source.sample(at: $0).image }
+    for (index, found) in zip(indices, try detector.detect(pictures)) {
+      let imageId = annotations.images[index].id
+      for item in found {
+        guard item.classIndex < annotations.categories.count else {
+          throw RuntimeError(
+            "the model predicts class \(item.classIndex), but the annotations have \(annotations.categories.count) categories; "
+              + "the head config's num_classes must match the annotation's categories (sorted by id)")
+        }
+        let box = item.box
+        results.append(
+          COCODetection(
+            imageId: imageId, categoryId: annotations.categoryId(ofClass: item.classIndex),
+            box: [Double(box.x1), Double(box.y1), Double(box.x2 - box.x1), Double(box.y2 - box.y1)], score: Double(item.score)))
+      }
+    }
+    progress?.update(indices.last! + 1)
+  }
+  return results
+}

@@ -12,7 +12,7 @@ struct Distill: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "distill",
     abstract: "Distill ONNX object detectors: inspect, run, evaluate, distill and export teacher and student graphs.",
-    subcommands: [Inspect.self, Run.self, Bench.self, Eval.self, Predict.self, Init.self, Train.self, Export.self, DataCommand.self])
+    subcommands: [Demo.self, Inspect.self, Run.self, Bench.self, Eval.self, Predict.self, Init.self, Train.self, Export.self, DataCommand.self])
 }
 
 /// Parses `NAME=1x3x320x320`.

@@ -64,29 +64,7 @@ struct Eval: ParsableCommand {
     if let detections { return try COCOResults.load(detections, against: annotations) }
     guard let model, let images else { throw RuntimeError("no detections to score") }
     let detector = try detection.detector(modelPath: model)
-    let source = try annotations.source(imageDirectory: images)
-    let progress = Progress(label: "eval: images", total: source.count)
-    var results: [COCODetection] = []
-    for start in stride(from: 0, to: source.count, by: batch) {
-      let indices = Array(start..<min(start + batch, source.count))
-      let pictures = try indices.map { try source.sample(at: $0).image }
-      for (index, found) in zip(indices, try detector.detect(pictures)) {
-        let imageId = annotations.images[index].id
-        for item in found {
-          guard item.classIndex < annotations.categories.count else {
-            throw RuntimeError(
-              "the model predicts class \(item.classIndex), but \(data) has \(annotations.categories.count) categories; "
-                + "the head config's num_classes must match the annotation's categories (sorted by id)")
-          }
-          let box = item.box
-          results.append(
-            COCODetection(
-              imageId: imageId, categoryId: annotations.categoryId(ofClass: item.classIndex),
-              box: [Double(box.x1), Double(box.y1), Double(box.x2 - box.x1), Double(box.y2 - box.y1)], score: Double(item.score)))
-        }
-      }
-      progress.update(indices.last! + 1)
-    }
+    let results = try cocoDetections(detector, annotations: annotations, images: images, batch: batch, label: "eval: images")
     if let saveDetections {
       do {
         try COCOResults.json(results).write(to: URL(fileURLWithPath: saveDetections), options: .atomic)
