@@ -74,14 +74,10 @@ test: deps python-deps
 	  $(PYTHON) tools/check_parity.py $(DISTILL_DEBUG) .build-fixtures/paddle/*/; \
 	else echo "skipped: onnxruntime parity of Paddle exports (paddlepaddle and paddle2onnx are not installed)"; fi
 
+# The whole product on the shipped models (models/demo_*.onnx): synthetic data, the teacher and the
+# starting student evaluated, a baseline and a distilled student trained and compared; runs/demo/report.html.
 demo: release
-	$(DISTILL) inspect models/tiny_fpn.onnx
-	$(DISTILL) run models/tiny_fpn.onnx --input images=models/demo.jpg --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \
-	  --tap fpn/p3_out --tap fpn/p4_out --tap fpn/p5_out
-	$(DISTILL) bench models/tiny_fpn.onnx --runs 20
-	@mkdir -p .build/demo
-	$(DISTILL) export models/tiny_fpn.onnx --out .build/demo/tiny_fpn.onnx
-	@cmp models/tiny_fpn.onnx .build/demo/tiny_fpn.onnx && echo "demo: the exported model is byte-identical to models/tiny_fpn.onnx"
+	$(DISTILL) demo --out runs/demo --overwrite
 
 # Side-by-side speed against onnxruntime on torchvision's RetinaNet ResNet-50-FPN (backbone and head)
 # at batch 8, 320x320 (needs PyTorch for the export).
