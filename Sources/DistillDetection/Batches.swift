@@ -39,11 +39,20 @@ public final class BatchLoader: Sendable {
   /// Batches made ahead on a background thread while the caller works on the current one (0: made
   /// on the caller's thread when asked for).
   public let prefetch: Int
+  /// With `skipUnreadable`, a sample that cannot be read (a corrupt image) is replaced by the next
+  /// readable one in the epoch's order and reported here, naming the file; without it, it fails its
+  /// batch. Called from the loading thread.
+  public let skipUnreadable: (@Sendable (String) -> Void)?
+  private let skippedCount = SkipCounter()
+
+  /// Samples skipped as unreadable so far (each time one is met).
+  public var skipped: Int { skippedCount.value }
 
   public init(
     source: any DetectionSource, augmenter: Augmenter, batchSize: Int, seed: UInt64, shuffle: Bool = true,
-    dropLast: Bool = false, prefetch: Int = 1
+    dropLast: Bool = false, prefetch: Int = 1, skipUnreadable: (@Sendable (String) -> Void)? = nil
   ) {
+    self.skipUnreadable = skipUnreadable
     precondition(batchSize > 0 && prefetch >= 0)
     self.source = source
     self.augmenter = augmenter
@@ -84,7 +93,7 @@ public final class BatchLoader: Sendable {
     let base = SplitMix64(seed: seed)
     for position in positions {
       var random = base.derived(2, UInt64(epoch), UInt64(position))
-      let sample = try source.sample(at: order[position])
+      let sample = try readableSample(at: position, order: order)
       let augmented = augmenter(sample, random: &random)
       floats += augmented.image.floats
       targets.append(
@@ -95,6 +104,22 @@ public final class BatchLoader: Sendable {
     return DetectionBatch(
       images: Tensor(shape: [positions.count, 3, options.height, options.width], floats: floats), targets: targets,
       epoch: epoch, index: index)
+  }
+
+  /// The sample at `position` of `order`, or with `skipUnreadable` the next readable one after it.
+  private func readableSample(at position: Int, order: [Int]) throws -> DetectionSample {
+    guard let report = skipUnreadable else { return try source.sample(at: order[position]) }
+    var lastError: Error?
+    for step in 0..<order.count {
+      do {
+        return try source.sample(at: order[(position + step) % order.count])
+      } catch {
+        skippedCount.increment()
+        report("skipped an unreadable sample: \(error)")
+        lastError = error
+      }
+    }
+    throw lastError ?? RuntimeError("no readable sample")
   }
 
   /// The batches of epoch `epoch`, in order. With `prefetch > 0` a background thread starts making
@@ -204,4 +229,12 @@ final class Prefetcher: @unchecked Sendable {
     ready.removeAll()
     condition.unlock()
   }
+}
+
+/// A thread-safe count.
+final class SkipCounter: @unchecked Sendable {
+  private let lock = NSLock()
+  private var count = 0
+  func increment() { lock.lock(); count += 1; lock.unlock() }
+  var value: Int { lock.lock(); defer { lock.unlock() }; return count }
 }

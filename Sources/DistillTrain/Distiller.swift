@@ -96,7 +96,8 @@ public final class Distiller {
       batches: { _, _ in Batch(feeds: [:]) })
 
     // The data, then one forward pass of each model for the taps' shapes.
-    batchSource = try BatchSource(config: config, inputName: studentInput.name, size: size)
+    let warn = options.warn
+    batchSource = try BatchSource(config: config, inputName: studentInput.name, size: size, warn: { warn($0) })
     samples = batchSource.count
     guard samples >= config.batch else {
       throw ConfigProblems(file: config.file, problems: ["data: \(samples) samples, fewer than one batch of train.batch \(config.batch)"])
@@ -150,7 +151,7 @@ final class BatchSource: @unchecked Sendable {
   private var epochBatches: EpochBatches?
   private var expected: (epoch: Int, index: Int)?
 
-  init(config: DistillConfig, inputName: String, size: (height: Int, width: Int)?) throws {
+  init(config: DistillConfig, inputName: String, size: (height: Int, width: Int)?, warn: @escaping @Sendable (String) -> Void) throws {
     self.inputName = inputName
     annotated = config.data.annotations != nil
     batchSize = config.batch
@@ -184,9 +185,10 @@ final class BatchSource: @unchecked Sendable {
     let options = AugmentOptions(
       width: size.width, height: size.height, fit: config.data.letterbox ? .letterbox : .stretch, flipProbability: config.data.hflip,
       scaleJitter: config.data.scale, mean: config.data.mean, std: config.data.std)
+    let warn = warn
     loader = BatchLoader(
       source: source, augmenter: Augmenter(options), batchSize: config.batch, seed: config.seed, shuffle: config.data.shuffle, dropLast: true,
-      prefetch: 1)
+      prefetch: 1, skipUnreadable: { warn($0) })
     count = source.count
   }
 

@@ -38,6 +38,13 @@ struct SyntheticSource: DetectionSource {
   }
 }
 
+final class WarningLog: @unchecked Sendable {
+  private let lock = NSLock()
+  private var lines: [String] = []
+  func append(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
+  var messages: [String] { lock.lock(); defer { lock.unlock() }; return lines }
+}
+
 final class BatchTests: XCTestCase {
   let augmenter = Augmenter(AugmentOptions(width: 16, height: 16, flipProbability: 0.5, scaleJitter: 0.6...1.4, brightness: 0.2))
 
@@ -92,6 +99,20 @@ final class BatchTests: XCTestCase {
       }
       XCTAssertNil(try batches.next())
     }
+  }
+
+  /// Training skips a corrupt image with a warning naming it; the batch takes the next sample.
+  func testUnreadableSamplesAreSkippedWithAWarning() throws {
+    let warnings = WarningLog()
+    let loader = BatchLoader(
+      source: SyntheticSource(count: 12, failing: [7]), augmenter: augmenter, batchSize: 3, seed: 9, shuffle: false, prefetch: 1,
+      skipUnreadable: { warnings.append($0) })
+    let batches = try collect(loader, epoch: 0)
+    XCTAssertEqual(batches.count, 4)
+    XCTAssertEqual(batches[2].targets.map(\.index), [6, 8, 8], "position 7 takes the next readable sample")
+    XCTAssertEqual(loader.skipped, 1)
+    XCTAssertEqual(warnings.messages.count, 1)
+    XCTAssertTrue(warnings.messages[0].contains("sample7.png"), warnings.messages[0])
   }
 
   func testPrefetchIsBoundedAndStopsOnClose() throws {
