@@ -93,13 +93,13 @@ public final class BatchLoader: Sendable {
     let base = SplitMix64(seed: seed)
     for position in positions {
       var random = base.derived(2, UInt64(epoch), UInt64(position))
-      let sample = try readableSample(at: position, order: order)
+      let (sample, sourceIndex) = try readableSample(at: position, order: order)
       let augmented = augmenter(sample, random: &random)
       floats += augmented.image.floats
       targets.append(
         DetectionTarget(
           boxes: augmented.boxes, labels: augmented.labels, crowd: augmented.crowd, transform: augmented.transform,
-          source: augmented.source, index: order[position]))
+          source: augmented.source, index: sourceIndex))
     }
     return DetectionBatch(
       images: Tensor(shape: [positions.count, 3, options.height, options.width], floats: floats), targets: targets,
@@ -107,12 +107,13 @@ public final class BatchLoader: Sendable {
   }
 
   /// The sample at `position` of `order`, or with `skipUnreadable` the next readable one after it.
-  private func readableSample(at position: Int, order: [Int]) throws -> DetectionSample {
-    guard let report = skipUnreadable else { return try source.sample(at: order[position]) }
+  private func readableSample(at position: Int, order: [Int]) throws -> (DetectionSample, Int) {
+    guard let report = skipUnreadable else { return (try source.sample(at: order[position]), order[position]) }
     var lastError: Error?
     for step in 0..<order.count {
+      let index = order[(position + step) % order.count]
       do {
-        return try source.sample(at: order[(position + step) % order.count])
+        return (try source.sample(at: index), index)
       } catch {
         skippedCount.increment()
         report("skipped an unreadable sample: \(error)")
