@@ -168,7 +168,9 @@ public final class DistillationLoss: TrainingLoss {
 
   public func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation {
     guard let images = batch.feeds[studentInput] else { throw TrainingError.invalidConfig("the batch has no input '\(studentInput)'") }
-    let teacherValues = try teacherTapValues(images)
+    // The teacher runs when a loss reads it, or when its detections must stand in for annotations.
+    let needsObjects = methods.contains(where: \.needsObjects) || task != nil
+    let teacherValues = !teacherTaps.isEmpty || (needsObjects && batch.annotations.isEmpty) ? try teacherTapValues(images) : [:]
     var feeds: [String: Tensor] = [:]
     for tap in teacherTaps { feeds[Self.teacherValue(tap)] = teacherValues[tap] }
     for tap in studentTaps {
@@ -177,7 +179,7 @@ public final class DistillationLoss: TrainingLoss {
     }
     let context = StepContext(
       batch: batch, teacher: teacherValues, student: feeds.filter { $0.key.hasPrefix("student:") }, inputSize: inputSize,
-      objects: methods.contains(where: \.needsObjects) || task != nil ? try objects(batch, teacherValues: teacherValues, images: images) : [])
+      objects: needsObjects ? try objects(batch, teacherValues: teacherValues, images: images) : [])
     for method in methods { feeds.merge(try method.stepFeeds(context)) { _, new in new } }
     let targets = Set(studentTaps.map(Self.studentValue) + adapterNames)
     let evaluation = try graph.evaluate(feeds, gradientsFor: targets)
