@@ -37,6 +37,7 @@ class RawFCOS(torch.nn.Module):
     def __init__(self, backbone_name, channels, classes=20):
         super().__init__()
         self.backbone = resnet_fpn_backbone(backbone_name=backbone_name, weights=None, trainable_layers=5, returned_layers=[2, 3, 4],
+                                            norm_layer=torch.nn.BatchNorm2d,
                                             extra_blocks=LastLevelP6P7(channels, channels))
         self.head = torchvision.models.detection.fcos.FCOSHead(channels, 1, classes)
 
@@ -59,12 +60,26 @@ def narrow_fpn(model, channels):
     return model
 
 
+def calibrate(model):
+    """Running BatchNormalization statistics from a few random batches, as a trained network would
+    have them (random weights with the initial statistics make activations grow layer by layer)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.rand(4, 3, 320, 320))
+    return model.eval()
+
+
 def build():
     torch.manual_seed(0)
-    teacher = RawFCOS("resnet50", 256).eval()
-    student = narrow_fpn(RawFCOS("resnet18", 128), 128).eval()
+    teacher = RawFCOS("resnet50", 256)
+    student = narrow_fpn(RawFCOS("resnet18", 128), 128)
     student.head = torchvision.models.detection.fcos.FCOSHead(128, 1, 20)
-    return teacher, student
+    return calibrate(teacher), calibrate(student)
 
 
 OUTPUT_NAMES = LEVELS + [f"cls_{l}" for l in LEVELS] + [f"box_{i}" for i in range(5)]

@@ -20,9 +20,9 @@ struct Demo: ParsableCommand {
   @Option(name: .long, help: "Where to write everything.") var out: String = "runs/demo"
   @Option(name: .long, help: "Pictures to generate (train and val).") var images: Int = 1500
   @Option(name: .long, help: "The seed of the data and of both runs.") var seed: UInt64 = 0
-  @Option(name: .long, help: "Training steps of each run.") var steps: Int = 500
+  @Option(name: .long, help: "Training steps of each run.") var steps: Int = 600
   @Option(name: .long, help: "Images per step.") var batch: Int = 8
-  @Option(name: .long, help: "Evaluate both students every this many steps (0: only at the end).") var evalEvery: Int = 100
+  @Option(name: .long, help: "Evaluate both students every this many steps (0: only at the end).") var evalEvery: Int = 150
   @Option(name: .long, help: "The shipped teacher.") var teacher: String = "models/demo_teacher.onnx"
   @Option(name: .long, help: "The shipped student (its starting point).") var student: String = "models/demo_student.onnx"
   @Option(name: .long, help: "The head config of both models.") var head: String = "models/demo.head.yaml"
@@ -166,7 +166,7 @@ struct Demo: ParsableCommand {
         losses:
           - {type: fgd, teacher: [\(recipe.teacher.map { "\"\($0)\"" }.joined(separator: ", "))], student: [\(recipe.student.map { "\"\($0)\"" }.joined(separator: ", "))],
              temperature: 0.8, alpha: 1.6e-3, beta: 8.0e-4, gamma: 8.0e-4, lambda: 8.0e-6}
-          - {type: kd, teacher: [\(classes.joined(separator: ", "))], student: [\(classes.joined(separator: ", "))], activation: sigmoid, weight: 1.0}
+          - {type: kd, teacher: [\(classes.joined(separator: ", "))], student: [\(classes.joined(separator: ", "))], activation: sigmoid, weight: 5.0}
         """
     }
     let yaml = """
@@ -179,7 +179,7 @@ struct Demo: ParsableCommand {
       \(headText)
       task: {weight: 1.0}
       \(losses)
-      train: {steps: \(steps), batch: \(batch), seed: \(seed), optimizer: {type: sgd, lr: 0.01, momentum: 0.9, weight_decay: 1.0e-4},
+      train: {steps: \(steps), batch: \(batch), seed: \(seed), optimizer: {type: sgd, lr: 0.02, momentum: 0.9, weight_decay: 1.0e-4},
               schedule: {type: cosine, warmup: \(max(1, min(50, steps / 10)))}, clip_grad_norm: 35}
       output: \(absolute(directory))
       """
