@@ -144,13 +144,13 @@ final class SyntheticTests: XCTestCase {
   }
 
   /// tools/check_synth.py reads the files with pycocotools. Needs a Python with pycocotools:
-  /// `DISTILL_PYCOCOTOOLS_PYTHON`, else .build-venv-torch/ when it exists.
+  /// `DISTILL_PYCOCOTOOLS_PYTHON`, else the check environment of `make test` (.build-venv/).
   func testPycocotoolsReadsTheFiles() throws {
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     let candidates = [ProcessInfo.processInfo.environment["DISTILL_PYCOCOTOOLS_PYTHON"]].compactMap { $0 }
-      + [".build-venv-torch/bin/python"].map { root.appendingPathComponent($0).path }
+      + [".build-venv/bin/python", ".build-venv-torch/bin/python"].map { root.appendingPathComponent($0).path }
     guard let python = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) && run($0, ["-c", "import pycocotools"]).status == 0 }) else {
-      throw XCTSkip("no Python with pycocotools (set DISTILL_PYCOCOTOOLS_PYTHON or run make torch-deps); tried \(candidates)")
+      throw XCTSkip("no Python with pycocotools (set DISTILL_PYCOCOTOOLS_PYTHON or run make python-deps); tried \(candidates)")
     }
     _ = try SyntheticDataset.generate(out: scratch.path, images: 12, seed: 2, valFraction: 0.25)
     let result = run(python, [root.appendingPathComponent("tools/check_synth.py").path, scratch.path])
