@@ -246,8 +246,7 @@ struct Demo: ParsableCommand {
       let gap = 8
       var pixels = [UInt8](repeating: 255, count: (image.width * 2 + gap) * image.height * 3)
       for y in 0..<image.height {
-        for (offset, copy) in [0, image.width + gap].enumerated() {
-          _ = offset
+        for copy in [0, image.width + gap] {
           let from = y * image.width * 3, to = (y * (image.width * 2 + gap) + copy) * 3
           pixels.replaceSubrange(to..<(to + image.width * 3), with: image.pixels[from..<(from + image.width * 3)])
         }
