@@ -91,10 +91,9 @@ struct Demo: ParsableCommand {
     ]
     let json = try JSONSerialization.data(withJSONObject: results, options: [.prettyPrinted, .sortedKeys])
     try json.write(to: URL(fileURLWithPath: out + "/results.json"), options: .atomic)
-    var report = DemoReport(
+    let report = DemoReport(
       teacher: teacherScore, initial: initialScore, baseline: baseline, distilled: distilled, pictures: pictures, laps: clock.laps,
-      settings: "\(steps) steps of batch \(batch), seed \(seed), \(images) pictures at \(size.height)x\(size.width)")
-    report.directory = out
+      settings: "\(steps) steps of batch \(batch), seed \(seed), \(images) pictures at \(size.height)x\(size.width)", directory: out)
     try report.html().write(toFile: out + "/report.html", atomically: true, encoding: .utf8)
     print(report.table())
     let gain = (distilled.final.map - baseline.final.map) * 100
@@ -212,7 +211,7 @@ struct Demo: ParsableCommand {
       let seconds = (ContinuousClock.now - start) / .seconds(1)
       let rate = Double(report.step) / max(seconds, 1e-9)
       let latest = mapTrace.last.map { String(format: "  mAP %.3f @%d", $0.1, $0.0) } ?? ""
-      demoProgress(
+      progress(
         String(format: "%@: step %d/%d  loss %.3f%@  %.2f it/s  ETA %.0f s", name, report.step, steps, report.loss, latest, rate,
                Double(steps - report.step) / max(rate, 1e-9)), final: report.step == steps)
     }
@@ -288,13 +287,3 @@ final class DemoClock {
 }
 
 private func stage(_ line: String) { FileHandle.standardError.write(Data(("demo: " + line + "\n").utf8)) }
-
-private nonisolated(unsafe) var lastDemoProgress = ContinuousClock.now - .seconds(60)
-private func demoProgress(_ line: String, final: Bool) {
-  if isatty(2) != 0 {
-    FileHandle.standardError.write(Data(("\r\u{1B}[2K" + line + (final ? "\n" : "")).utf8))
-  } else if final || ContinuousClock.now - lastDemoProgress >= .seconds(10) {
-    lastDemoProgress = .now
-    FileHandle.standardError.write(Data((line + "\n").utf8))
-  }
-}

@@ -12,20 +12,8 @@ struct DemoReport {
   let pictures: [String]
   let laps: [(String, Double)]
   let settings: String
-  var directory = "runs/demo"
-
-  init(
-    teacher: COCOEvaluation, initial: COCOEvaluation, baseline: Demo.Run, distilled: Demo.Run, pictures: [String], laps: [(String, Double)],
-    settings: String
-  ) {
-    self.teacher = teacher
-    self.initial = initial
-    self.baseline = baseline
-    self.distilled = distilled
-    self.pictures = pictures
-    self.laps = laps
-    self.settings = settings
-  }
+  /// The demo's output directory, where `pictures` are read from.
+  let directory: String
 
   var rows: [(String, COCOEvaluation)] {
     [("teacher", teacher), ("student, starting point", initial), ("student, baseline (task loss)", baseline.final),
@@ -42,7 +30,7 @@ struct DemoReport {
     return lines.joined(separator: "\n")
   }
 
-  func html(outputDirectory: String? = nil) -> String {
+  func html() -> String {
     let gain = (distilled.final.map - baseline.final.map) * 100
     var body = "<h1>distill demo</h1>\n<p>\(escape(settings)). Distillation \(gain >= 0 ? "beats" : "trails") the baseline by <b>\(String(format: "%.1f", abs(gain))) AP</b> (COCO mAP@[.5:.95] on the validation split).</p>\n"
     body += "<table><tr><th>model</th><th>mAP</th><th>AP50</th><th>AP75</th><th>AP small</th><th>AP medium</th><th>AP large</th></tr>\n"
@@ -60,7 +48,7 @@ struct DemoReport {
     body += chart(title: "validation mAP", series: [("baseline", baseline.maps), ("distilled", distilled.maps)])
     body += "</div>\n<h2>Detections on validation pictures (score &ge; 0.3): baseline left, distilled right</h2>\n"
     for picture in pictures {
-      if let data = FileManager.default.contents(atPath: (outputDirectory ?? directory) + "/" + picture) {
+      if let data = FileManager.default.contents(atPath: directory + "/" + picture) {
         body += "<p><img alt=\"\(escape(picture))\" src=\"data:image/png;base64,\(data.base64EncodedString())\"></p>\n"
       }
     }

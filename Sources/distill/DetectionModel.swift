@@ -55,15 +55,8 @@ struct DetectionModelOptions: ParsableArguments {
     }
     let interpreter = try Interpreter(model: model, keep: Set(decoder.outputNames))
     let options = AugmentOptions(
-      width: width, height: height, fit: letterbox ? .letterbox : .stretch, mean: try floats(mean, "--mean"), std: try floats(std, "--std"))
+      width: width, height: height, fit: letterbox ? .letterbox : .stretch, mean: try channelTriple(mean, "--mean"), std: try channelTriple(std, "--std"))
     return Detector(interpreter: interpreter, head: config, inputName: info.name, options: options)
-  }
-
-  private func floats(_ text: String, _ option: String) throws -> [Float] {
-    let values = text.split(separator: ",").compactMap { Float($0.trimmingCharacters(in: .whitespaces)) }
-    guard values.count == 3 else { throw RuntimeError("\(option) \(text): expected three comma-separated numbers") }
-    if option == "--std", values.contains(0) { throw RuntimeError("--std \(text): a standard deviation cannot be 0") }
-    return values
   }
 }
 

@@ -112,18 +112,19 @@ struct InputLoader {
       } else if let declared, declared.count == 4, let h = declared[2], let w = declared[3] {
         size = (h, w)
       }
-      let mean = try floats(image.mean, "--mean"), std = try floats(image.std, "--std")
+      let mean = try channelTriple(image.mean, "--mean"), std = try channelTriple(image.std, "--std")
       var picture = try Image.load(path)
       if let size { picture = picture.resized(width: size.width, height: size.height) }
       return picture.tensor(mean: mean, std: std)
     }
     throw ValidationError("--input \(info.name)=\(path): unsupported file type; use .pb, .npy, .png or .jpg")
   }
+}
 
-  func floats(_ text: String, _ option: String) throws -> [Float] {
-    let values = text.split(separator: ",").compactMap { Float($0.trimmingCharacters(in: .whitespaces)) }
-    guard values.count == 3 else { throw ValidationError("\(option) \(text): expected three comma-separated numbers") }
-    if option == "--std", values.contains(0) { throw ValidationError("--std \(text): a standard deviation cannot be 0") }
-    return values
-  }
+/// Three comma-separated per-channel numbers (`--mean`, `--std`); a standard deviation of 0 is refused.
+func channelTriple(_ text: String, _ option: String) throws -> [Float] {
+  let values = text.split(separator: ",").compactMap { Float($0.trimmingCharacters(in: .whitespaces)) }
+  guard values.count == 3 else { throw ValidationError("\(option) \(text): expected three comma-separated numbers") }
+  if option == "--std", values.contains(0) { throw ValidationError("--std \(text): a standard deviation cannot be 0") }
+  return values
 }

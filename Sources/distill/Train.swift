@@ -142,7 +142,7 @@ private let standardErrorIsTerminal = isatty(2) != 0
 
 /// A status line on standard error: rewritten in place on a terminal, printed every few seconds otherwise.
 private nonisolated(unsafe) var lastPlainProgress = ContinuousClock.now - .seconds(60)
-private func progress(_ line: String, final: Bool) {
+func progress(_ line: String, final: Bool) {
   if standardErrorIsTerminal {
     FileHandle.standardError.write(Data(("\r\u{1B}[2K" + line + (final ? "\n" : "")).utf8))
   } else if final || ContinuousClock.now - lastPlainProgress >= .seconds(5) {
