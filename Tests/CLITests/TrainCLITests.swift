@@ -127,6 +127,32 @@ final class TrainCLITests: XCTestCase {
 
   /// `distill init` drafts a config that `distill train` accepts as it is (here on the tiny pair,
   /// with the steps shortened for the test).
+  /// The promise on the shipped models: `distill init` drafts a config that `distill
+  /// train` accepts as it is (only shortened here), with the box outputs the models expose (after
+  /// torchvision FCOS's Relu), not the convolutions before them.
+  func testInitOnTheShippedModelsTrainsWithoutEdits() throws {
+    let models = fixtures.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("models").path
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("init-shipped-\(getpid())")
+    try? FileManager.default.removeItem(at: directory)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    let data = directory.appendingPathComponent("data").path
+    let synth = try distill(["data", "synth", "--out", data, "--images", "6", "--size", "256", "--seed", "2"])
+    XCTAssertEqual(synth.status, 0, synth.stderr)
+    let draft = try distill(["init", models + "/demo_teacher.onnx", models + "/demo_student.onnx", "--images", data + "/train"])
+    XCTAssertEqual(draft.status, 0, draft.stderr)
+    XCTAssertTrue(draft.stdout.contains("{cls: cls_p3, box: box_p3, quality: ctr_p3, stride: 8}"), draft.stdout)
+    XCTAssertFalse(draft.stdout.contains("bbox_reg"), draft.stdout)
+    let shortened = draft.stdout.replacingOccurrences(of: "steps: 2000", with: "steps: 2").replacingOccurrences(of: "batch: 8", with: "batch: 2")
+      .replacingOccurrences(of: "warmup: 100", with: "warmup: 1")
+    let path = directory.appendingPathComponent("distill.yaml").path
+    try shortened.write(toFile: path, atomically: true, encoding: .utf8)
+    let trained = try distill(["train", path])
+    XCTAssertEqual(trained.status, 0, trained.stderr)
+    let metrics = try String(contentsOfFile: directory.appendingPathComponent("runs/distill/metrics.jsonl").path, encoding: .utf8)
+    XCTAssertEqual(metrics.split(separator: "\n").count, 3, metrics)
+    XCTAssertTrue(FileManager.default.fileExists(atPath: directory.appendingPathComponent("runs/distill/student.onnx").path))
+  }
+
   func testInitDraftsAConfigThatTrains() throws {
     let heads = fixtures.appendingPathComponent("heads").path
     let images = fixtures.appendingPathComponent("eval/fcos/images").path

@@ -14,7 +14,7 @@ public struct TapSuggestion: Sendable, Equatable {
 
 /// Finds likely distillation taps from the graph's structure. Head outputs are the outputs of
 /// the last convolutions before a graph output (only reshapes, activations, concatenations and
-/// decoding arithmetic follow them). Walking up each head branch through single-use values, the
+/// decoding arithmetic follow them), or of a Relu after one when that is the graph output. Walking up each head branch through single-use values, the
 /// first value used by several branches (the classification and box towers, or the head and a
 /// downsampling path) is the feature level that branch reads: the FPN level.
 public enum TapFinder {
@@ -119,12 +119,23 @@ public enum TapFinder {
     }
     var suggestions: [TapSuggestion] = []
     var seenFeatures = Set<String>()
+    /// The conv output as the model exposes it: through a Relu whose output is a graph output
+    /// (torchvision FCOS's box distances), else the conv output itself.
+    func exposed(_ conv: Node) -> (name: String, producer: Node) {
+      let output = conv.outputs[0]
+      if let uses = consumers[output], uses.count == 1, graph.nodes[uses[0]].opType == "Relu",
+        let relu = graph.nodes[uses[0]].outputs.first, graphOutputs.contains(relu)
+      {
+        return (relu, graph.nodes[uses[0]])
+      }
+      return (output, conv)
+    }
     for (node, level) in headConvs {
-      let output = node.outputs[0]
+      let (output, outputProducer) = exposed(node)
       suggestions.append(
         TapSuggestion(
           kind: .headOutput, name: output, stride: stride(of: output), shape: shapes[output]?.shapeDescription ?? "?",
-          producer: node.label))
+          producer: outputProducer.label))
       if isFeatureMap(level), seenFeatures.insert(level).inserted {
         suggestions.append(
           TapSuggestion(
