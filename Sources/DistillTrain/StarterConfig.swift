@@ -51,13 +51,18 @@ public enum StarterConfig {
 
     let teacherHead = guessHead(teacherSurvey)
     let studentHead = guessHead(studentSurvey)
-    if let teacherHead {
-      lines.append("teacher_head:   # guessed from the head's channel counts: check the type, classes and strides")
+    if let teacherHead, let studentHead, teacherHead.yaml == studentHead.yaml {
+      lines.append("head:   # both models; guessed from the head's channel counts: check the type, classes and strides")
       lines += teacherHead.yaml.map { "  " + $0 }
-    }
-    if let studentHead {
-      lines.append("student_head:   # guessed from the head's channel counts: check the type, classes and strides")
-      lines += studentHead.yaml.map { "  " + $0 }
+    } else {
+      if let teacherHead {
+        lines.append("teacher_head:   # guessed from the head's channel counts: check the type, classes and strides")
+        lines += teacherHead.yaml.map { "  " + $0 }
+      }
+      if let studentHead {
+        lines.append("student_head:   # guessed from the head's channel counts: check the type, classes and strides")
+        lines += studentHead.yaml.map { "  " + $0 }
+      }
     }
 
     // Features matched by stride (in order where strides are unknown).

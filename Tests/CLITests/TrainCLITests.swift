@@ -142,6 +142,7 @@ final class TrainCLITests: XCTestCase {
     XCTAssertEqual(draft.status, 0, draft.stderr)
     XCTAssertTrue(draft.stdout.contains("{cls: cls_p3, box: box_p3, quality: ctr_p3, stride: 8}"), draft.stdout)
     XCTAssertFalse(draft.stdout.contains("bbox_reg"), draft.stdout)
+    XCTAssertTrue(draft.stdout.contains("\nhead:   # both models"), draft.stdout)
     let shortened = draft.stdout.replacingOccurrences(of: "steps: 2000", with: "steps: 2").replacingOccurrences(of: "batch: 8", with: "batch: 2")
       .replacingOccurrences(of: "warmup: 100", with: "warmup: 1")
     let path = directory.appendingPathComponent("distill.yaml").path
