@@ -84,19 +84,26 @@ public struct Batch: Sendable {
 }
 
 /// What a loss computed from a recorded pass: its value, the gradient with respect to the values it
-/// read (the seeds of the backward pass), named terms to log, and the gradients of the trainable
-/// tensors the loss owns (distillation adapters).
-public struct LossEvaluation: Sendable {
+/// read (the seeds of the backward pass), named terms to log, the gradients of the trainable
+/// tensors the loss owns (distillation adapters), and any further recorded passes of the same
+/// model the loss ran itself (`Tape.replay`) with their own seeds: the trainer adds their
+/// parameter gradients to those of the main pass.
+public struct LossEvaluation: @unchecked Sendable {
   public var loss: Float
   public var seeds: [String: Tensor]
   public var terms: [String: Float]
   public var parameterGradients: [String: Tensor]
+  public var additionalPasses: [(tape: Tape, seeds: [String: Tensor])]
 
-  public init(loss: Float, seeds: [String: Tensor], terms: [String: Float] = [:], parameterGradients: [String: Tensor] = [:]) {
+  public init(
+    loss: Float, seeds: [String: Tensor], terms: [String: Float] = [:], parameterGradients: [String: Tensor] = [:],
+    additionalPasses: [(tape: Tape, seeds: [String: Tensor])] = []
+  ) {
     self.loss = loss
     self.seeds = seeds
     self.terms = terms
     self.parameterGradients = parameterGradients
+    self.additionalPasses = additionalPasses
   }
 }
 
@@ -298,7 +305,10 @@ public final class Trainer {
     if !value.isFinite {
       report.skipped = "non-finite loss \(value)"
     } else {
-      let computed = try tape.gradients(seeds: evaluation.seeds, targets: Set(trainable))
+      var computed = try tape.gradients(seeds: evaluation.seeds, targets: Set(trainable))
+      for pass in evaluation.additionalPasses {
+        for (name, gradient) in try pass.tape.gradients(seeds: pass.seeds, targets: Set(trainable)) { computed[name]!.accumulate(gradient) }
+      }
       let owned = loss.parameters
       var gradients = trainable.map { NamedTensor($0, computed[$0]!) }
       for parameter in owned {

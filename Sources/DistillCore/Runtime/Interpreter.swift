@@ -139,19 +139,26 @@ public final class Interpreter: @unchecked Sendable {
   public func run(
     _ feeds: [String: Tensor], taps: Set<String> = [], scope: @escaping (String) -> Tensor? = { _ in nil }
   ) throws -> (outputs: [Tensor], taps: [String: Tensor]) {
-    let pass = try forward(feeds, taps: taps, scope: scope, recording: false, training: false)
+    let pass = try forward(feeds, taps: taps, scope: scope, recording: false, training: false, overriding: [:])
     return (pass.outputs, pass.taps)
   }
 
   /// Runs the graph and keeps what the backward pass needs: every node's inputs and outputs.
   /// With `training`, operators behave as in training (BatchNormalization uses batch statistics and
   /// reports new running statistics in `Tape.stateUpdates`).
+  ///
+  /// `overriding` replaces values for this pass only: an initializer or input takes the given
+  /// tensor instead of its own, a node output is replaced right after its node runs (the node still
+  /// runs). Each must keep its shape and dtype. The tape treats a replaced value as a constant: no
+  /// gradient flows through it to what computed it, and its own gradient is zero.
   public func record(
-    _ feeds: [String: Tensor], training: Bool = true, scope: @escaping (String) -> Tensor? = { _ in nil }
+    _ feeds: [String: Tensor], training: Bool = true, overriding: [String: Tensor] = [:],
+    scope: @escaping (String) -> Tensor? = { _ in nil }
   ) throws -> Tape {
-    let pass = try forward(feeds, taps: [], scope: scope, recording: true, training: training)
+    let pass = try forward(feeds, taps: [], scope: scope, recording: true, training: training, overriding: overriding)
     return Tape(
-      interpreter: self, values: pass.values, records: pass.records, outputs: pass.outputs, stateUpdates: pass.state, training: training)
+      interpreter: self, values: pass.values, records: pass.records, outputs: pass.outputs, stateUpdates: pass.state, training: training,
+      overridden: Set(overriding.keys.compactMap { slotOf[$0] }))
   }
 
   struct Record {
@@ -161,7 +168,8 @@ public final class Interpreter: @unchecked Sendable {
   }
 
   private func forward(
-    _ feeds: [String: Tensor], taps: Set<String>, scope: @escaping (String) -> Tensor?, recording: Bool, training: Bool
+    _ feeds: [String: Tensor], taps: Set<String>, scope: @escaping (String) -> Tensor?, recording: Bool, training: Bool,
+    overriding: [String: Tensor]
   ) throws -> (outputs: [Tensor], taps: [String: Tensor], values: [Tensor?], records: [Record], state: [String: Tensor]) {
     var values = [Tensor?](repeating: nil, count: names.count)
     for (slot, tensor) in constants { values[slot] = tensor }
@@ -180,6 +188,15 @@ public final class Interpreter: @unchecked Sendable {
     for (name, slot) in outerSlots {
       guard let value = scope(name) else { throw RuntimeError("value '\(name)' is not defined in this graph or an enclosing one") }
       values[slot] = value
+    }
+    var replacements: [Int: Tensor] = [:]
+    for (name, tensor) in overriding {
+      guard let slot = slotOf[name] else {
+        throw RuntimeError(fusedAway.contains(name) ? "value '\(name)' was fused into a convolution; prepare the interpreter with it in `keep`" : "no value named '\(name)' to replace")
+      }
+      replacements[slot] = tensor
+      if let current = values[slot] { try checkReplacement(name, current, tensor) }
+      values[slot] = tensor
     }
     let tapSlots = Set(taps.compactMap { slotOf[$0] })
     for name in taps where slotOf[name] == nil {
@@ -210,7 +227,12 @@ public final class Interpreter: @unchecked Sendable {
         guard index < results.count else {
           throw RuntimeError("\(step.node.label): produced \(results.count) outputs, the node names \(step.outputs.count)")
         }
-        values[slot] = results[index]
+        if let replacement = replacements[slot] {
+          try checkReplacement(names[slot], results[index], replacement)
+          values[slot] = replacement
+        } else {
+          values[slot] = results[index]
+        }
         if tapSlots.contains(slot) { tapped[names[slot]] = results[index] }
       }
       if recording {
@@ -250,6 +272,12 @@ public final class Interpreter: @unchecked Sendable {
   func name(ofSlot slot: Int) -> String { names[slot] }
   func stepInfo(_ index: Int) -> (node: Node, op: any Operator, inputs: [Int?], outputs: [Int?]) {
     (steps[index].node, steps[index].op, steps[index].inputs, steps[index].outputs)
+  }
+
+  private func checkReplacement(_ name: String, _ current: Tensor, _ replacement: Tensor) throws {
+    guard current.shape == replacement.shape, current.dtype == replacement.dtype else {
+      throw RuntimeError("value '\(name)' is \(current.dtype) \(current.shapeDescription); its replacement is \(replacement.dtype) \(replacement.shapeDescription)")
+    }
   }
 
   private func check(_ tensor: Tensor, against info: ValueInfo) throws {

@@ -11,12 +11,15 @@ public final class Tape {
   public let stateUpdates: [String: Tensor]
   /// Whether the pass ran with training behaviour; backward passes see the same flag.
   public let training: Bool
+  /// Slots whose value the pass replaced (`Interpreter.record(overriding:)`): constants to the reverse pass.
+  let overridden: Set<Int>
 
   init(
     interpreter: Interpreter, values: [Tensor?], records: [Interpreter.Record], outputs: [Tensor], stateUpdates: [String: Tensor],
-    training: Bool
+    training: Bool, overridden: Set<Int> = []
   ) {
     self.training = training
+    self.overridden = overridden
     self.interpreter = interpreter
     self.values = values
     self.records = records
@@ -26,6 +29,13 @@ public final class Tape {
 
   /// The value `name` took in the recorded pass.
   public func value(_ name: String) -> Tensor? { interpreter.slot(named: name).flatMap { values[$0] } }
+
+  /// Records the same interpreter again on `feeds`, with the same training flag and the values in
+  /// `overriding` replaced (see `Interpreter.record(_:training:overriding:scope:)`): a second pass
+  /// whose gradients a caller adds to this one's.
+  public func replay(_ feeds: [String: Tensor], overriding: [String: Tensor]) throws -> Tape {
+    try interpreter.record(feeds, training: training, overriding: overriding)
+  }
 
   /// Gradients with respect to the values in `targets` (parameters, inputs or intermediate values)
   /// of `sum(seed_v * v)` over the seeded values v: seeding a scalar loss with 1 gives d loss / d target.
@@ -56,7 +66,7 @@ public final class Tape {
     }
     for record in records.reversed() {
       let step = interpreter.stepInfo(record.step)
-      let outputGradients = step.outputs.map { $0.flatMap { gradients[$0] } }
+      let outputGradients = step.outputs.map { $0.flatMap { overridden.contains($0) ? nil : gradients[$0] } }
       guard outputGradients.contains(where: { $0 != nil }) else { continue }
       let wanted = step.inputs.enumerated().filter { _, slot in
         guard let slot, needed.contains(slot), let value = values[slot] else { return false }
@@ -84,7 +94,7 @@ public final class Tape {
     var result: [String: Tensor] = [:]
     for name in targets {
       let slot = interpreter.slot(named: name)!
-      if let gradient = gradients[slot] {
+      if let gradient = gradients[slot], !overridden.contains(slot) {
         result[name] = gradient
       } else if let value = values[slot] {
         result[name] = Tensor(zeros: value.shape, dtype: value.dtype)
