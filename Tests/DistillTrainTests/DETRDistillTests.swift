@@ -76,6 +76,110 @@ final class DETRDistillTests: XCTestCase {
     }
   }
 
+  /// The attention-agnostic feature term (a map level and a sequence level) and teacher-assisted
+  /// assignment (the student's second-pass outputs matched through the teacher's layers to the
+  /// objects): masks, assigned queries, values and gradients against the PyTorch reference.
+  func testFeatureAndAssistedTermsEqualPyTorch() throws {
+    struct Expected: Decodable {
+      struct Objects: Decodable {
+        let boxes: [[Float]]
+        let labels: [Int]
+      }
+      let objects: [Objects]
+      let size: [Int]
+      let top_k: Double
+      let feature_weight: Double
+      let assisted_weight: Double
+      let feature: Double
+      let assisted: Double
+      let assigned_queries: [[[Int]]]
+    }
+    let expected = try JSONDecoder().decode(Expected.self, from: Data(contentsOf: directory.appendingPathComponent("expected.json")))
+    let method = try DETRDistill(
+      setup: MethodSetup(teacherHead: try head("teacher"), studentHead: try head("student")),
+      settings: ["top_k": expected.top_k, "feature_weight": expected.feature_weight, "assisted_weight": expected.assisted_weight],
+      flags: ["query_features": "query_features", "student_queries": "query_embed", "teacher_queries": "query_embed"], featurePairs: 2)
+    var builder = GraphBuilder(name: "detr")
+    var feeds: [String: Tensor] = [:], teacherValues: [String: Tensor] = [:]
+    func declare(_ name: String, _ value: Tensor) {
+      feeds[name] = value
+      builder.input(name, shape: value.shape.map { $0 })
+    }
+    for tap in method.extraTaps.student { declare(DistillationLoss.studentValue(tap), try load(tap)) }
+    for tap in method.extraTaps.teacher {
+      teacherValues[tap] = try load(tap)
+      declare(DistillationLoss.teacherValue(tap), teacherValues[tap]!)
+    }
+    var pairs: [TapPair] = []
+    for level in ["enc_map", "enc_seq"] {
+      teacherValues[level] = try load("teacher_" + level)
+      declare(DistillationLoss.teacherValue(level), teacherValues[level]!)
+      declare(DistillationLoss.studentValue(level), try load("student_" + level))
+      pairs.append(
+        TapPair(studentTap: level, teacherTap: level, student: DistillationLoss.studentValue(level), teacher: DistillationLoss.teacherValue(level), shape: teacherValues[level]!.shape))
+    }
+    let rerun = try XCTUnwrap(method.rerun)
+    XCTAssertEqual(rerun.replacing, "query_embed")
+    for layer in 0..<2 {
+      declare(DistillationLoss.rerunValue(rerun, "student_logits_\(layer)"), try load("assisted_logits_\(layer)"))
+      declare(DistillationLoss.rerunValue(rerun, "student_boxes_\(layer)"), try load("assisted_boxes_\(layer)"))
+    }
+    let terms = try method.build(&builder, pairs: pairs)
+    XCTAssertEqual(terms.map(\.name), ["layer0", "layer1", "feature", "assisted"])
+    let total = builder.add("Sum", terms.map(\.value))
+    let graph = try LossGraph(builder, loss: total, terms: terms)
+    let context = StepContext(
+      batch: Batch(feeds: [:]), teacher: teacherValues, student: feeds.filter { $0.key.hasPrefix("student:") }, inputSize: (expected.size[0], expected.size[1]),
+      objects: expected.objects.map { ($0.boxes, $0.labels) })
+    let stepFeeds = try method.stepFeeds(context)
+    for (level, input) in zip(["enc_map", "enc_seq"], method.featureLevels) {
+      let mask = try XCTUnwrap(stepFeeds[input.mask]), want = try load("mask_" + level)
+      XCTAssertEqual(mask.shape, want.shape)
+      XCTAssertLessThanOrEqual(zip(mask.floats, want.floats).map { abs($0 - $1) }.max()!, 1e-5, "mask of \(level)")
+    }
+    for (layer, input) in method.assistedLayers.enumerated() {
+      let weights = try XCTUnwrap(stepFeeds[input.weights]).floats
+      let queries = input.shape[1]
+      for image in 0..<2 {
+        let assigned = (0..<queries).filter { weights[image * queries + $0] == 1 }
+        XCTAssertEqual(assigned, expected.assigned_queries[layer][image], "layer \(layer) image \(image)")
+      }
+    }
+    feeds.merge(stepFeeds) { _, new in new }
+    let targets = ["student:enc_map", "student:enc_seq"] + (0..<2).flatMap { layer in
+      ["student_logits_\(layer)", "student_boxes_\(layer)"].map { DistillationLoss.rerunValue(rerun, $0) }
+    }
+    let result = try graph.evaluate(feeds, gradientsFor: Set(targets))
+    XCTAssertEqual(Double(result.terms["feature"]!), expected.feature, accuracy: 1e-4 * expected.feature)
+    XCTAssertEqual(Double(result.terms["assisted"]!), expected.assisted, accuracy: 1e-4 * expected.assisted)
+    let references = ["gradient_enc_map", "gradient_enc_seq"] + (0..<2).flatMap { ["gradient_assisted_logits_\($0)", "gradient_assisted_boxes_\($0)"] }
+    for (target, reference) in zip(targets, references) {
+      let gradient = try XCTUnwrap(result.gradients[target]), want = try load(reference)
+      let scale = want.floats.map { abs($0) }.max()!
+      let worst = zip(gradient.floats, want.floats).map { abs($0 - $1) }.max()!
+      XCTAssertLessThanOrEqual(worst, 1e-4 * scale, "\(reference): differs by \(worst) (largest \(scale))")
+    }
+  }
+
+  /// Every inconsistent key combination is reported at once, naming the missing partner.
+  func testIncompleteConfigsNameWhatIsMissing() throws {
+    let setup = MethodSetup(teacherHead: try head("teacher"), studentHead: try head("student"))
+    XCTAssertThrowsError(try DETRDistill(setup: setup, settings: ["top_k": 0], flags: ["student_queries": "query_embed"], featurePairs: 2)) { error in
+      let message = "\(error)"
+      XCTAssertTrue(message.contains("top_k must be a whole number >= 1"), message)
+      XCTAssertTrue(message.contains("give query_features"), message)
+      XCTAssertTrue(message.contains("student_queries 'query_embed' needs teacher_queries"), message)
+    }
+    XCTAssertThrowsError(try DETRDistill(setup: setup, settings: [:], flags: ["query_features": "hidden", "teacher_queries": "q"])) { error in
+      let message = "\(error)"
+      XCTAssertTrue(message.contains("query_features 'hidden' is given but no encoder features"), message)
+      XCTAssertTrue(message.contains("teacher_queries 'q' needs student_queries"), message)
+    }
+    let plain = try DETRDistill(setup: setup, settings: [:])
+    XCTAssertFalse(plain.needsObjects)
+    XCTAssertNil(plain.rerun)
+  }
+
   func testHungarianFindsTheMinimumOnAKnownMatrix() {
     // Rows 0..2 to columns 0..3; the optimum 1 + 2 + 1 = 4 takes columns 1, 3, 0.
     let cost: [Double] = [4, 1, 3, 9, 2, 8, 5, 2, 1, 6, 7, 4]
