@@ -289,6 +289,16 @@ public final class Trainer {
     Float(Double(config.optimizer.learningRate) * config.schedule.factor(at: index))
   }
 
+  /// The trainable parameters' gradients of `evaluation`: the recorded pass `tape` seeded with its
+  /// seeds, plus each of its additional passes seeded with their own.
+  func gradients(_ tape: Tape, _ evaluation: LossEvaluation) throws -> [String: Tensor] {
+    var computed = try tape.gradients(seeds: evaluation.seeds, targets: Set(trainable))
+    for pass in evaluation.additionalPasses {
+      for (name, gradient) in try pass.tape.gradients(seeds: pass.seeds, targets: Set(trainable)) { computed[name]!.accumulate(gradient) }
+    }
+    return computed
+  }
+
   /// Takes one step: draws a batch, records, differentiates, clips, updates, applies running
   /// statistics; skips the update (with a warning) when the loss or a gradient is not finite, and
   /// throws `TrainingError.diverged` after `maxConsecutiveNonFinite` such steps in a row.
@@ -305,10 +315,7 @@ public final class Trainer {
     if !value.isFinite {
       report.skipped = "non-finite loss \(value)"
     } else {
-      var computed = try tape.gradients(seeds: evaluation.seeds, targets: Set(trainable))
-      for pass in evaluation.additionalPasses {
-        for (name, gradient) in try pass.tape.gradients(seeds: pass.seeds, targets: Set(trainable)) { computed[name]!.accumulate(gradient) }
-      }
+      let computed = try gradients(tape, evaluation)
       let owned = loss.parameters
       var gradients = trainable.map { NamedTensor($0, computed[$0]!) }
       for parameter in owned {

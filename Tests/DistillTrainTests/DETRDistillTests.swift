@@ -180,6 +180,50 @@ final class DETRDistillTests: XCTestCase {
     XCTAssertNil(plain.rerun)
   }
 
+  /// On the tiny DETR-style pair (label-free), the trainer's gradient (the main pass plus the
+  /// assisted pass on the teacher's queries) equals central differences of the whole loss; the
+  /// assisted pass adds to the parameters both passes use and nothing to the replaced queries.
+  func testBothPassesGradientsEqualFiniteDifferences() throws {
+    let fixtures = directory.deletingLastPathComponent()
+    let yaml = """
+      teacher: \(directory.path)/tiny/teacher.onnx
+      student: \(directory.path)/tiny/student.onnx
+      data: {images: \(fixtures.path)/eval/fcos/images, size: [96, 128]}
+      head: {type: detr, num_classes: 5, activation: sigmoid, logits: logits_1, boxes: boxes_1, aux: [{logits: logits_0, boxes: boxes_0}]}
+      pseudo_label: {score: 0.3}
+      losses:
+        - {type: detr, teacher: [enc, memory], student: [feat, memory], query_features: hidden, student_queries: query_embed, teacher_queries: query_embed}
+      train: {steps: 1, batch: 2, optimizer: {type: sgd, lr: 0.01}}
+      """
+    let distiller = try Distiller(config: try DistillConfig(yaml: yaml, file: "/tmp/detr-fd.yaml"), options: RunOptions())
+    let trainer = distiller.trainer, interpreter = distiller.trainer.interpreter
+    var random = SplitMix64(seed: 5)
+    let images = Tensor(shape: [2, 3, 96, 128], floats: (0..<(2 * 3 * 96 * 128)).map { _ in random.nextUniform() })
+    let batch = Batch(feeds: ["images": images])
+    func loss() throws -> Double { Double(try distiller.loss.evaluate(try interpreter.record(batch.feeds), batch).loss) }
+    let tape = try interpreter.record(batch.feeds)
+    let evaluation = try distiller.loss.evaluate(tape, batch)
+    XCTAssertEqual(evaluation.additionalPasses.count, 1)
+    let gradients = try trainer.gradients(tape, evaluation)
+    let mainOnly = try tape.gradients(seeds: evaluation.seeds, targets: ["cls.bias", "query_embed"])
+    XCTAssertNotEqual(gradients["cls.bias"]!.floats, mainOnly["cls.bias"]!.floats, "the assisted pass adds to the shared head")
+    XCTAssertEqual(gradients["query_embed"]!.floats, mainOnly["query_embed"]!.floats, "the replaced queries get nothing from the assisted pass")
+    for (name, index) in [("cls.bias", 2), ("box.bias", 1), ("query_embed", 9), ("project.bias", 3), ("backbone.0.bias", 0)] {
+      let original = try XCTUnwrap(interpreter.parameter(name))
+      let step: Float = 5e-3
+      var shifted = original
+      shifted.floats[index] += step
+      try interpreter.setParameter(name, shifted)
+      let above = try loss()
+      shifted.floats[index] -= 2 * step
+      try interpreter.setParameter(name, shifted)
+      let below = try loss()
+      try interpreter.setParameter(name, original)
+      let numeric = (above - below) / Double(2 * step), analytic = Double(gradients[name]!.floats[index])
+      XCTAssertEqual(analytic, numeric, accuracy: 2e-2 * max(abs(numeric), 0.05), "\(name)[\(index)]")
+    }
+  }
+
   func testHungarianFindsTheMinimumOnAKnownMatrix() {
     // Rows 0..2 to columns 0..3; the optimum 1 + 2 + 1 = 4 takes columns 1, 3, 0.
     let cost: [Double] = [4, 1, 3, 9, 2, 8, 5, 2, 1, 6, 7, 4]

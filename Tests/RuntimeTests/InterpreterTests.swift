@@ -162,3 +162,41 @@ final class InterpreterTests: XCTestCase {
     XCTAssertLessThan(worstWeight, 1e-4, "dW")
   }
 }
+
+/// `Interpreter.record(overriding:)` and `Tape.replay`: a replaced value is a constant of the pass.
+final class ReplacedValueTests: XCTestCase {
+  /// y = sum((x * 2) * w): replacing the parameter `w`, or the node output `x * 2`, changes the pass
+  /// and stops the gradient at the replaced value.
+  func testReplacedValuesChangeThePassAndStopTheGradient() throws {
+    var builder = GraphBuilder(name: "replace")
+    let x = builder.input("x", shape: [3])
+    let w = builder.parameter(Tensor(shape: [3], floats: [1, 2, 3]), name: "w")
+    let doubled = builder.add("Mul", [x, builder.scalar(2)], hint: "doubled")
+    let y = builder.reduceSum(builder.mul(doubled, w))
+    builder.output(y, shape: [])
+    let interpreter = try Interpreter(model: builder.model, fuse: false)
+    let feeds = ["x": Tensor(shape: [3], floats: [1, 1, 1])]
+    let seed = ["\(y)": Tensor(shape: [], floats: [1])]
+    let tape = try interpreter.record(feeds)
+    XCTAssertEqual(tape.outputs[0].floats, [12])
+
+    let replacedWeight = try tape.replay(feeds, overriding: ["w": Tensor(shape: [3], floats: [10, 20, 30])])
+    XCTAssertEqual(replacedWeight.outputs[0].floats, [120])
+    let weightGradients = try replacedWeight.gradients(seeds: seed, targets: ["x", "w"])
+    XCTAssertEqual(weightGradients["x"]?.floats, [20, 40, 60], "the replacement is what the pass used")
+    XCTAssertEqual(weightGradients["w"]?.floats, [0, 0, 0], "a replaced value gets no gradient")
+
+    let replacedNode = try tape.replay(feeds, overriding: [doubled: Tensor(shape: [3], floats: [1, 0, 0])])
+    XCTAssertEqual(replacedNode.outputs[0].floats, [1])
+    let nodeGradients = try replacedNode.gradients(seeds: seed, targets: ["x", "w"])
+    XCTAssertEqual(nodeGradients["x"]?.floats, [0, 0, 0], "nothing flows through a replaced node output")
+    XCTAssertEqual(nodeGradients["w"]?.floats, [1, 0, 0])
+
+    XCTAssertThrowsError(try tape.replay(feeds, overriding: ["w": Tensor(shape: [2], floats: [1, 2])])) { error in
+      XCTAssertTrue("\(error)".contains("value 'w' is float32 [3]; its replacement is float32 [2]"), "\(error)")
+    }
+    XCTAssertThrowsError(try tape.replay(feeds, overriding: ["v": Tensor(shape: [3], floats: [1, 2, 3])])) { error in
+      XCTAssertTrue("\(error)".contains("no value named 'v' to replace"), "\(error)")
+    }
+  }
+}
