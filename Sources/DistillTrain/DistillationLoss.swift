@@ -11,7 +11,7 @@ import Foundation
 ///
 /// A method may ask for a second recorded student pass with one value replaced by a teacher value
 /// (`StudentRerun`, DETRDistill's teacher-assisted assignment): the loss records it with
-/// `Tape.replay`, feeds the taps it reads as inputs `rerun(REPLACED=TEACHER):TAP`, and returns it
+/// `Tape.replay` (only the nodes downstream of the replaced value run again), feeds the taps it reads as inputs `rerun(REPLACED=TEACHER):TAP`, and returns it
 /// with their gradients as seeds in `LossEvaluation.additionalPasses`.
 ///
 /// Logged terms are named `TYPE:STUDENT_TAP` (`mse:p3`, `kd:cls_p3`; `#2`, `#3` for repeats) and
@@ -208,7 +208,7 @@ public final class DistillationLoss: TrainingLoss {
       guard let replacement = teacherValues[rerun.teacherTap] else {
         throw TrainingError.invalidConfig("\(rerun.source): the teacher's pass did not compute '\(rerun.teacherTap)'")
       }
-      let pass = try tape.replay(batch.feeds, overriding: [rerun.replacing: replacement])
+      let pass = try tape.replay(overriding: [rerun.replacing: replacement])
       for tap in rerun.taps {
         guard let value = pass.value(tap) else { throw TrainingError.invalidConfig("\(rerun.source): the student's second pass did not compute '\(tap)'") }
         feeds[Self.rerunValue(rerun, tap)] = value

@@ -85,9 +85,10 @@ public struct Batch: Sendable {
 
 /// What a loss computed from a recorded pass: its value, the gradient with respect to the values it
 /// read (the seeds of the backward pass), named terms to log, the gradients of the trainable
-/// tensors the loss owns (distillation adapters), and any further recorded passes of the same
-/// model the loss ran itself (`Tape.replay`) with their own seeds: the trainer adds their
-/// parameter gradients to those of the main pass.
+/// tensors the loss owns (distillation adapters), and any replays of the recorded pass the loss
+/// ran itself (`Tape.replay`) with their own seeds: the trainer differentiates them with
+/// `Tape.replayGradients`, adds their seeds for the recorded pass to its own, and sums the
+/// parameter gradients.
 public struct LossEvaluation: @unchecked Sendable {
   public var loss: Float
   public var seeds: [String: Tensor]
@@ -289,13 +290,19 @@ public final class Trainer {
     Float(Double(config.optimizer.learningRate) * config.schedule.factor(at: index))
   }
 
-  /// The trainable parameters' gradients of `evaluation`: the recorded pass `tape` seeded with its
-  /// seeds, plus each of its additional passes seeded with their own.
+  /// The trainable parameters' gradients of `evaluation`: each replay of the recorded pass `tape`
+  /// differentiated over the nodes it recomputed, the recorded pass seeded with its seeds plus
+  /// those the replays hand back, and the sum.
   func gradients(_ tape: Tape, _ evaluation: LossEvaluation) throws -> [String: Tensor] {
-    var computed = try tape.gradients(seeds: evaluation.seeds, targets: Set(trainable))
+    var seeds = evaluation.seeds
+    var replayed: [[String: Tensor]] = []
     for pass in evaluation.additionalPasses {
-      for (name, gradient) in try pass.tape.gradients(seeds: pass.seeds, targets: Set(trainable)) { computed[name]!.accumulate(gradient) }
+      let (gradients, baseSeeds) = try pass.tape.replayGradients(seeds: pass.seeds, targets: Set(trainable))
+      for (name, seed) in baseSeeds { if seeds[name] == nil { seeds[name] = seed } else { seeds[name]!.accumulate(seed) } }
+      replayed.append(gradients)
     }
+    var computed = try tape.gradients(seeds: seeds, targets: Set(trainable))
+    for gradients in replayed { for (name, gradient) in gradients { computed[name]!.accumulate(gradient) } }
     return computed
   }
 

@@ -163,10 +163,10 @@ final class InterpreterTests: XCTestCase {
   }
 }
 
-/// `Interpreter.record(overriding:)` and `Tape.replay`: a replaced value is a constant of the pass.
-final class ReplacedValueTests: XCTestCase {
-  /// y = sum((x * 2) * w): replacing the parameter `w`, or the node output `x * 2`, changes the pass
-  /// and stops the gradient at the replaced value.
+/// `Tape.replay` and `Tape.replayGradients`: a replaced value is a constant of the replay, and
+/// gradients reach the nodes the replay skipped through the base pass's seeds.
+final class ReplayTests: XCTestCase {
+  /// y = sum((x * 2) * w): replacing the parameter `w`, or the node output `x * 2`.
   func testReplacedValuesChangeThePassAndStopTheGradient() throws {
     var builder = GraphBuilder(name: "replace")
     let x = builder.input("x", shape: [3])
@@ -175,27 +175,29 @@ final class ReplacedValueTests: XCTestCase {
     let y = builder.reduceSum(builder.mul(doubled, w))
     builder.output(y, shape: [])
     let interpreter = try Interpreter(model: builder.model, fuse: false)
-    let feeds = ["x": Tensor(shape: [3], floats: [1, 1, 1])]
-    let seed = ["\(y)": Tensor(shape: [], floats: [1])]
-    let tape = try interpreter.record(feeds)
+    let tape = try interpreter.record(["x": Tensor(shape: [3], floats: [1, 1, 1])])
+    let seed = [y: Tensor(shape: [], floats: [1])]
     XCTAssertEqual(tape.outputs[0].floats, [12])
 
-    let replacedWeight = try tape.replay(feeds, overriding: ["w": Tensor(shape: [3], floats: [10, 20, 30])])
+    // w replaced: x * 2 is not recomputed; the gradient reaches x through the base pass.
+    let replacedWeight = try tape.replay(overriding: ["w": Tensor(shape: [3], floats: [10, 20, 30])])
     XCTAssertEqual(replacedWeight.outputs[0].floats, [120])
-    let weightGradients = try replacedWeight.gradients(seeds: seed, targets: ["x", "w"])
-    XCTAssertEqual(weightGradients["x"]?.floats, [20, 40, 60], "the replacement is what the pass used")
-    XCTAssertEqual(weightGradients["w"]?.floats, [0, 0, 0], "a replaced value gets no gradient")
+    let weight = try replacedWeight.replayGradients(seeds: seed, targets: ["w"])
+    XCTAssertEqual(weight.gradients["w"]?.floats, [0, 0, 0], "a replaced value gets no gradient")
+    XCTAssertEqual(weight.baseSeeds[doubled]?.floats, [10, 20, 30], "the replay hands back the gradient at the value it shares")
+    XCTAssertEqual(try tape.gradients(seeds: weight.baseSeeds, targets: ["x"])["x"]?.floats, [20, 40, 60])
 
-    let replacedNode = try tape.replay(feeds, overriding: [doubled: Tensor(shape: [3], floats: [1, 0, 0])])
+    // x * 2 replaced: nothing flows to x.
+    let replacedNode = try tape.replay(overriding: [doubled: Tensor(shape: [3], floats: [1, 0, 0])])
     XCTAssertEqual(replacedNode.outputs[0].floats, [1])
-    let nodeGradients = try replacedNode.gradients(seeds: seed, targets: ["x", "w"])
-    XCTAssertEqual(nodeGradients["x"]?.floats, [0, 0, 0], "nothing flows through a replaced node output")
-    XCTAssertEqual(nodeGradients["w"]?.floats, [1, 0, 0])
+    let node = try replacedNode.replayGradients(seeds: seed, targets: ["w"])
+    XCTAssertEqual(node.gradients["w"]?.floats, [1, 0, 0])
+    XCTAssertTrue(node.baseSeeds.isEmpty, "nothing flows through a replaced node output: \(node.baseSeeds.keys)")
 
-    XCTAssertThrowsError(try tape.replay(feeds, overriding: ["w": Tensor(shape: [2], floats: [1, 2])])) { error in
+    XCTAssertThrowsError(try tape.replay(overriding: ["w": Tensor(shape: [2], floats: [1, 2])])) { error in
       XCTAssertTrue("\(error)".contains("value 'w' is float32 [3]; its replacement is float32 [2]"), "\(error)")
     }
-    XCTAssertThrowsError(try tape.replay(feeds, overriding: ["v": Tensor(shape: [3], floats: [1, 2, 3])])) { error in
+    XCTAssertThrowsError(try tape.replay(overriding: ["v": Tensor(shape: [3], floats: [1, 2, 3])])) { error in
       XCTAssertTrue("\(error)".contains("no value named 'v' to replace"), "\(error)")
     }
   }

@@ -51,8 +51,9 @@ extension DistillationMethod {
 /// initializer, an input or a node output, `replacing`) replaced by the teacher's value
 /// `teacherTap` of the same shape (`Tape.replay`). The loss reads the student values `taps` of
 /// that pass as loss-graph inputs named `DistillationLoss.rerunValue(self, tap)`; their gradients
-/// seed the second pass, whose parameter gradients add to the main pass's. `source` names the
-/// config keys, for errors.
+/// seed the second pass (a replay of the main one: only the nodes downstream of the replaced value
+/// run again), whose gradients at the values it shares with the main pass join the main pass's
+/// seeds. `source` names the config keys, for errors.
 struct StudentRerun: Hashable {
   let replacing: String
   let teacherTap: String
