@@ -25,21 +25,26 @@ import Foundation
 /// times `feature_weight`.
 ///
 /// **Teacher-assisted assignment** (`detr:assisted`, when the config names `student_queries` and
-/// `teacher_queries`): the student runs a second recorded pass with its value `student_queries`
-/// (an initializer or node output, such as a query embedding) replaced by the teacher's value
-/// `teacher_queries` (same shape). For every shared layer the teacher's predictions are matched to
+/// `teacher_queries`): the student's recorded pass is replayed (`Tape.replay`: only the nodes
+/// downstream run again, the decoder in practice) with its value `student_queries` (an
+/// initializer or node output, such as a query embedding) replaced by the teacher's value
+/// `teacher_queries` (same shape, else an error naming both). For every shared layer the teacher's predictions are matched to
 /// the objects (normalised to cxcywh by the input size) by the Hungarian method on the same cost
 /// (class target: one-hot of the object's class), and the student's second-pass outputs get, at the
 /// same queries, `w_cls * mean BCE(z, y) + w_l1 * sum |b - g| / M + w_giou * sum (1 - GIoU(b, g)) / M`,
 /// with `y` the one-hot class of the matched object (all zero on unmatched queries; the mean runs
 /// over all N * Q * C) and M = max(1, matched queries in the batch); summed over layers, times
-/// `assisted_weight`. Gradients of both passes add up in the student's parameters; the replaced
-/// value gets none from the second pass.
+/// `assisted_weight`. Gradients of both passes add up in the student's parameters (the replay's
+/// gradients at the values it shares with the main pass, the encoder's memory for example, seed
+/// the main pass's backward); the replaced value gets none from the replay.
 ///
 /// Config keys: `class_weight` 1, `l1_weight` 5, `giou_weight` 2 (the paper's), `top_k` 100,
-/// `feature_weight` 1, `assisted_weight` 1; `teacher`/`student` (encoder feature pairs) with
-/// `query_features` (a teacher tap); `student_queries` (a student value) with `teacher_queries` (a
-/// teacher value).
+/// `feature_weight` 1, `assisted_weight` 1; `teacher`/`student` (encoder feature pairs, optional)
+/// with `query_features` (a teacher tap); `student_queries` (a student initializer or node output)
+/// with `teacher_queries` (a teacher initializer or node output). Each of a pair without the other
+/// is an error naming the missing key. Example:
+/// `{type: detr, teacher: [enc_p3, memory], student: [enc_p3, memory], query_features: dec_hidden,
+///   student_queries: query_embed.weight, teacher_queries: query_embed.weight}`.
 final class DETRDistill: DistillationMethod {
   struct Layer {
     let logits: String
