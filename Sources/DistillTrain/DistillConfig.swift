@@ -83,7 +83,10 @@ public struct DistillConfig: Sendable {
     "mse": ([], []), "l1": ([], []), "cosine": ([], []),
     "kd": (["temperature", "background_weight", "axis"], ["activation"]),
     "cwd": (["temperature"], []), "pkd": ([], []), "ld": (["temperature", "reg_max"], []),
-    "detr": (["class_weight", "l1_weight", "giou_weight"], []),
+    "detr": (
+      ["class_weight", "l1_weight", "giou_weight", "top_k", "feature_weight", "assisted_weight"],
+      ["query_features", "student_queries", "teacher_queries"]
+    ),
     "gid": (GeneralInstanceDistillation.Settings.keys, []),
     "fgd": (["temperature", "alpha", "beta", "gamma", "lambda"], []),
     "mimic": (["output_size", "sampling_ratio", "canonical_size"], []),

@@ -9,6 +9,11 @@ import Foundation
 /// `sum(weight * loss)`. The graph's gradients with respect to the student taps seed the student's
 /// backward pass, and those of the adapter weights train the adapters.
 ///
+/// A method may ask for a second recorded student pass with one value replaced by a teacher value
+/// (`StudentRerun`, DETRDistill's teacher-assisted assignment): the loss records it with
+/// `Tape.replay` (only the nodes downstream of the replaced value run again), feeds the taps it reads as inputs `rerun(REPLACED=TEACHER):TAP`, and returns it
+/// with their gradients as seeds in `LossEvaluation.additionalPasses`.
+///
 /// Logged terms are named `TYPE:STUDENT_TAP` (`mse:p3`, `kd:cls_p3`; `#2`, `#3` for repeats) and
 /// hold each loss's weighted contribution, so they add up to the total.
 public final class DistillationLoss: TrainingLoss {
@@ -19,6 +24,8 @@ public final class DistillationLoss: TrainingLoss {
   /// Loss-graph inputs fed with student taps and teacher taps, by tap name.
   public let studentTaps: [String]
   public let teacherTaps: [String]
+  /// The second student passes the methods ask for (distinct).
+  let reruns: [StudentRerun]
   /// Adapter weights (trainable initializers of the loss graph), in order.
   public let adapterNames: [String]
   /// The methods, for their per-step inputs.
@@ -32,6 +39,8 @@ public final class DistillationLoss: TrainingLoss {
 
   static func studentValue(_ tap: String) -> String { "student:" + tap }
   static func teacherValue(_ tap: String) -> String { "teacher:" + tap }
+  /// The loss-graph input of student tap `tap` in the pass `rerun`.
+  static func rerunValue(_ rerun: StudentRerun, _ tap: String) -> String { "rerun(\(rerun.replacing)=\(rerun.teacherTap)):" + tap }
 
   /// Builds the loss graph for `losses` given the taps' shapes (from one forward pass of each
   /// model at the training batch size). Throws, naming both taps and shapes, when a pair cannot be
@@ -63,6 +72,19 @@ public final class DistillationLoss: TrainingLoss {
     }
     self.studentTaps = studentTaps
     self.teacherTaps = teacherTaps
+    var reruns: [StudentRerun] = []
+    for rerun in methods.compactMap(\.rerun) where !reruns.contains(rerun) {
+      guard let studentShape = studentShapes[rerun.replacing], let teacherShape = teacherShapes[rerun.teacherTap] else {
+        throw TrainingError.invalidConfig("\(rerun.source): the shapes of '\(rerun.replacing)' (student) and '\(rerun.teacherTap)' (teacher) are unknown")
+      }
+      guard studentShape == teacherShape else {
+        throw TrainingError.invalidConfig(
+          "\(rerun.source): the student's '\(rerun.replacing)' is \(studentShape) and the teacher's '\(rerun.teacherTap)' is \(teacherShape); the teacher's value replaces the student's, so the shapes must match")
+      }
+      reruns.append(rerun)
+      for tap in rerun.taps { builder.input(Self.rerunValue(rerun, tap), shape: studentShapes[tap]!.map { $0 }) }
+    }
+    self.reruns = reruns
     var random = SplitMix64(seed: seed ^ 0x6164_6170_7465_7273)  // "adapters"
     var terms: [(name: String, value: String)] = []
     var weighted: [String] = []
@@ -163,14 +185,14 @@ public final class DistillationLoss: TrainingLoss {
 
   /// The teacher's taps on `images` (no tape).
   public func teacherTapValues(_ images: Tensor) throws -> [String: Tensor] {
-    try teacher.run([teacherInput: images], taps: Set(teacherTaps).union(pseudoLabels?.decoder.outputNames ?? [])).taps
+    try teacher.run([teacherInput: images], taps: Set(teacherTaps + reruns.map(\.teacherTap)).union(pseudoLabels?.decoder.outputNames ?? [])).taps
   }
 
   public func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation {
     guard let images = batch.feeds[studentInput] else { throw TrainingError.invalidConfig("the batch has no input '\(studentInput)'") }
     // The teacher runs when a loss reads it, or when its detections must stand in for annotations.
     let needsObjects = methods.contains(where: \.needsObjects) || task != nil
-    let teacherValues = !teacherTaps.isEmpty || (needsObjects && batch.annotations.isEmpty) ? try teacherTapValues(images) : [:]
+    let teacherValues = !teacherTaps.isEmpty || !reruns.isEmpty || (needsObjects && batch.annotations.isEmpty) ? try teacherTapValues(images) : [:]
     var feeds: [String: Tensor] = [:]
     for tap in teacherTaps { feeds[Self.teacherValue(tap)] = teacherValues[tap] }
     for tap in studentTaps {
@@ -181,10 +203,25 @@ public final class DistillationLoss: TrainingLoss {
       batch: batch, teacher: teacherValues, student: feeds.filter { $0.key.hasPrefix("student:") }, inputSize: inputSize,
       objects: needsObjects ? try objects(batch, teacherValues: teacherValues, images: images) : [])
     for method in methods { feeds.merge(try method.stepFeeds(context)) { _, new in new } }
-    let targets = Set(studentTaps.map(Self.studentValue) + adapterNames)
+    var passes: [(rerun: StudentRerun, tape: Tape)] = []
+    for rerun in reruns {
+      guard let replacement = teacherValues[rerun.teacherTap] else {
+        throw TrainingError.invalidConfig("\(rerun.source): the teacher's pass did not compute '\(rerun.teacherTap)'")
+      }
+      let pass = try tape.replay(overriding: [rerun.replacing: replacement])
+      for tap in rerun.taps {
+        guard let value = pass.value(tap) else { throw TrainingError.invalidConfig("\(rerun.source): the student's second pass did not compute '\(tap)'") }
+        feeds[Self.rerunValue(rerun, tap)] = value
+      }
+      passes.append((rerun, pass))
+    }
+    let targets = Set(studentTaps.map(Self.studentValue) + adapterNames + reruns.flatMap { rerun in rerun.taps.map { Self.rerunValue(rerun, $0) } })
     let evaluation = try graph.evaluate(feeds, gradientsFor: targets)
     var seeds: [String: Tensor] = [:]
     for tap in studentTaps { seeds[tap] = evaluation.gradients[Self.studentValue(tap)] }
+    let additionalPasses = passes.map { rerun, pass in
+      (tape: pass, seeds: Dictionary(uniqueKeysWithValues: rerun.taps.map { ($0, evaluation.gradients[Self.rerunValue(rerun, $0)]!) }))
+    }
     var total = evaluation.loss
     var terms = evaluation.terms
     if let (taskLoss, weight) = task {
@@ -212,6 +249,6 @@ public final class DistillationLoss: TrainingLoss {
     }
     var adapterGradients: [String: Tensor] = [:]
     for name in adapterNames { adapterGradients[name] = evaluation.gradients[name] }
-    return LossEvaluation(loss: total, seeds: seeds, terms: terms, parameterGradients: adapterGradients)
+    return LossEvaluation(loss: total, seeds: seeds, terms: terms, parameterGradients: adapterGradients, additionalPasses: additionalPasses)
   }
 }

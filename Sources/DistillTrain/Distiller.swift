@@ -56,7 +56,7 @@ public final class Distiller {
       problems.append("data.size: the student's input has no fixed height and width; give data.size: [height, width]")
     }
     func checkTaps(_ taps: [String], _ graph: Graph, _ role: String, _ path: String) {
-      let values = Set(graph.nodes.flatMap(\.outputs) + graph.inputs.map(\.name))
+      let values = Set(graph.nodes.flatMap(\.outputs) + graph.inputs.map(\.name) + graph.initializers.compactMap(\.name))
       for tap in taps where !values.contains(tap) {
         let closest = values.sorted().map { ($0, ConfigReader.editDistance(tap, $0)) }.sorted { $0.1 < $1.1 }.prefix(3).map { "'\($0.0)'" }
         problems.append("\(path): the \(role) computes no value '\(tap)'; closest: \(closest.joined(separator: ", ")) (distill inspect lists them)")
@@ -70,9 +70,14 @@ public final class Distiller {
       let setup = MethodSetup(
         teacherHead: try config.teacherHead.map { try HeadConfig(yaml: $0) }, studentHead: try config.studentHead.map { try HeadConfig(yaml: $0) })
       for (index, loss) in config.losses.enumerated() {
-        let extra = try DistillationMethods.make(loss, setup: setup).extraTaps
+        let method = try DistillationMethods.make(loss, setup: setup)
+        let extra = method.extraTaps
         checkTaps(extra.teacher, teacherGraph, "teacher", "losses[\(index)] (from the teacher's head config)")
         checkTaps(extra.student, studentGraph, "student", "losses[\(index)] (from the student's head config)")
+        if let rerun = method.rerun {
+          checkTaps([rerun.replacing], studentGraph, "student", "losses[\(index)] \(rerun.source)")
+          checkTaps([rerun.teacherTap], teacherGraph, "teacher", "losses[\(index)] \(rerun.source)")
+        }
       }
     } catch {
       problems.append("\(error)")
@@ -87,8 +92,9 @@ public final class Distiller {
       teacherHead: try config.teacherHead.map { try HeadConfig(yaml: $0) }, studentHead: try config.studentHead.map { try HeadConfig(yaml: $0) })
     let methods = try config.losses.map { try DistillationMethods.make($0, setup: setup) }
     let taskOutputs = config.taskWeight != nil ? HeadDecoder(setup.studentHead!).outputNames : []
-    let studentTaps = Set(config.losses.flatMap(\.student) + methods.flatMap(\.extraTaps.student) + taskOutputs)
-    let teacherTaps = Set(config.losses.flatMap(\.teacher) + methods.flatMap(\.extraTaps.teacher))
+    let reruns = methods.compactMap(\.rerun)
+    let studentTaps = Set(config.losses.flatMap(\.student) + methods.flatMap(\.extraTaps.student) + taskOutputs + reruns.map(\.replacing))
+    let teacherTaps = Set(config.losses.flatMap(\.teacher) + methods.flatMap(\.extraTaps.teacher) + reruns.map(\.teacherTap))
     let teacherDecoder = setup.teacherHead.map { HeadDecoder($0) }
     let teacher = try Interpreter(model: teacherModel, keep: teacherTaps.union(teacherDecoder?.outputNames ?? []))
     trainer = try Trainer(

@@ -84,19 +84,27 @@ public struct Batch: Sendable {
 }
 
 /// What a loss computed from a recorded pass: its value, the gradient with respect to the values it
-/// read (the seeds of the backward pass), named terms to log, and the gradients of the trainable
-/// tensors the loss owns (distillation adapters).
-public struct LossEvaluation: Sendable {
+/// read (the seeds of the backward pass), named terms to log, the gradients of the trainable
+/// tensors the loss owns (distillation adapters), and any replays of the recorded pass the loss
+/// ran itself (`Tape.replay`) with their own seeds: the trainer differentiates them with
+/// `Tape.replayGradients`, adds their seeds for the recorded pass to its own, and sums the
+/// parameter gradients.
+public struct LossEvaluation: @unchecked Sendable {
   public var loss: Float
   public var seeds: [String: Tensor]
   public var terms: [String: Float]
   public var parameterGradients: [String: Tensor]
+  public var additionalPasses: [(tape: Tape, seeds: [String: Tensor])]
 
-  public init(loss: Float, seeds: [String: Tensor], terms: [String: Float] = [:], parameterGradients: [String: Tensor] = [:]) {
+  public init(
+    loss: Float, seeds: [String: Tensor], terms: [String: Float] = [:], parameterGradients: [String: Tensor] = [:],
+    additionalPasses: [(tape: Tape, seeds: [String: Tensor])] = []
+  ) {
     self.loss = loss
     self.seeds = seeds
     self.terms = terms
     self.parameterGradients = parameterGradients
+    self.additionalPasses = additionalPasses
   }
 }
 
@@ -282,6 +290,22 @@ public final class Trainer {
     Float(Double(config.optimizer.learningRate) * config.schedule.factor(at: index))
   }
 
+  /// The trainable parameters' gradients of `evaluation`: each replay of the recorded pass `tape`
+  /// differentiated over the nodes it recomputed, the recorded pass seeded with its seeds plus
+  /// those the replays hand back, and the sum.
+  func gradients(_ tape: Tape, _ evaluation: LossEvaluation) throws -> [String: Tensor] {
+    var seeds = evaluation.seeds
+    var replayed: [[String: Tensor]] = []
+    for pass in evaluation.additionalPasses {
+      let (gradients, baseSeeds) = try pass.tape.replayGradients(seeds: pass.seeds, targets: Set(trainable))
+      for (name, seed) in baseSeeds { if seeds[name] == nil { seeds[name] = seed } else { seeds[name]!.accumulate(seed) } }
+      replayed.append(gradients)
+    }
+    var computed = try tape.gradients(seeds: seeds, targets: Set(trainable))
+    for gradients in replayed { for (name, gradient) in gradients { computed[name]!.accumulate(gradient) } }
+    return computed
+  }
+
   /// Takes one step: draws a batch, records, differentiates, clips, updates, applies running
   /// statistics; skips the update (with a warning) when the loss or a gradient is not finite, and
   /// throws `TrainingError.diverged` after `maxConsecutiveNonFinite` such steps in a row.
@@ -298,7 +322,7 @@ public final class Trainer {
     if !value.isFinite {
       report.skipped = "non-finite loss \(value)"
     } else {
-      let computed = try tape.gradients(seeds: evaluation.seeds, targets: Set(trainable))
+      let computed = try gradients(tape, evaluation)
       let owned = loss.parameters
       var gradients = trainable.map { NamedTensor($0, computed[$0]!) }
       for parameter in owned {

@@ -162,3 +162,43 @@ final class InterpreterTests: XCTestCase {
     XCTAssertLessThan(worstWeight, 1e-4, "dW")
   }
 }
+
+/// `Tape.replay` and `Tape.replayGradients`: a replaced value is a constant of the replay, and
+/// gradients reach the nodes the replay skipped through the base pass's seeds.
+final class ReplayTests: XCTestCase {
+  /// y = sum((x * 2) * w): replacing the parameter `w`, or the node output `x * 2`.
+  func testReplacedValuesChangeThePassAndStopTheGradient() throws {
+    var builder = GraphBuilder(name: "replace")
+    let x = builder.input("x", shape: [3])
+    let w = builder.parameter(Tensor(shape: [3], floats: [1, 2, 3]), name: "w")
+    let doubled = builder.add("Mul", [x, builder.scalar(2)], hint: "doubled")
+    let y = builder.reduceSum(builder.mul(doubled, w))
+    builder.output(y, shape: [])
+    let interpreter = try Interpreter(model: builder.model, fuse: false)
+    let tape = try interpreter.record(["x": Tensor(shape: [3], floats: [1, 1, 1])])
+    let seed = [y: Tensor(shape: [], floats: [1])]
+    XCTAssertEqual(tape.outputs[0].floats, [12])
+
+    // w replaced: x * 2 is not recomputed; the gradient reaches x through the base pass.
+    let replacedWeight = try tape.replay(overriding: ["w": Tensor(shape: [3], floats: [10, 20, 30])])
+    XCTAssertEqual(replacedWeight.outputs[0].floats, [120])
+    let weight = try replacedWeight.replayGradients(seeds: seed, targets: ["w"])
+    XCTAssertEqual(weight.gradients["w"]?.floats, [0, 0, 0], "a replaced value gets no gradient")
+    XCTAssertEqual(weight.baseSeeds[doubled]?.floats, [10, 20, 30], "the replay hands back the gradient at the value it shares")
+    XCTAssertEqual(try tape.gradients(seeds: weight.baseSeeds, targets: ["x"])["x"]?.floats, [20, 40, 60])
+
+    // x * 2 replaced: nothing flows to x.
+    let replacedNode = try tape.replay(overriding: [doubled: Tensor(shape: [3], floats: [1, 0, 0])])
+    XCTAssertEqual(replacedNode.outputs[0].floats, [1])
+    let node = try replacedNode.replayGradients(seeds: seed, targets: ["w"])
+    XCTAssertEqual(node.gradients["w"]?.floats, [1, 0, 0])
+    XCTAssertTrue(node.baseSeeds.isEmpty, "nothing flows through a replaced node output: \(node.baseSeeds.keys)")
+
+    XCTAssertThrowsError(try tape.replay(overriding: ["w": Tensor(shape: [2], floats: [1, 2])])) { error in
+      XCTAssertTrue("\(error)".contains("value 'w' is float32 [3]; its replacement is float32 [2]"), "\(error)")
+    }
+    XCTAssertThrowsError(try tape.replay(overriding: ["v": Tensor(shape: [3], floats: [1, 2, 3])])) { error in
+      XCTAssertTrue("\(error)".contains("no value named 'v' to replace"), "\(error)")
+    }
+  }
+}

@@ -154,18 +154,50 @@ public final class Interpreter: @unchecked Sendable {
       interpreter: self, values: pass.values, records: pass.records, outputs: pass.outputs, stateUpdates: pass.state, training: training)
   }
 
+  /// The recorded pass `base` again with the values in `overriding` replaced (see `Tape.replay`):
+  /// only the nodes downstream of a replaced value run and are recorded.
+  func replay(_ base: Tape, overriding: [String: Tensor]) throws -> Tape {
+    let pass = try forward(
+      [:], taps: [], scope: { _ in nil }, recording: true, training: base.training, replay: (base.values, overriding))
+    return Tape(
+      interpreter: self, values: pass.values, records: pass.records, outputs: pass.outputs, stateUpdates: pass.state, training: base.training,
+      replay: Tape.Replay(replaced: Set(overriding.keys.compactMap { slotOf[$0] }), recomputed: pass.recomputed, boundary: pass.boundary))
+  }
+
   struct Record {
     let step: Int
     let inputs: [Tensor?]
     let outputs: [Tensor]
   }
 
+  /// One pass. With `replay`, the pass starts from the values of a recorded pass (`base`) with
+  /// those in `overriding` replaced (same shapes and dtypes), and runs only the nodes that read a
+  /// replaced value or one such a node computed (`recomputed`: those values and the replaced
+  /// ones); `boundary` lists the float values computed by skipped nodes that the run nodes read.
   private func forward(
-    _ feeds: [String: Tensor], taps: Set<String>, scope: @escaping (String) -> Tensor?, recording: Bool, training: Bool
-  ) throws -> (outputs: [Tensor], taps: [String: Tensor], values: [Tensor?], records: [Record], state: [String: Tensor]) {
-    var values = [Tensor?](repeating: nil, count: names.count)
-    for (slot, tensor) in constants { values[slot] = tensor }
-    for (info, slot, hasDefault) in inputSlots {
+    _ feeds: [String: Tensor], taps: Set<String>, scope: @escaping (String) -> Tensor?, recording: Bool, training: Bool,
+    replay: (base: [Tensor?], overriding: [String: Tensor])? = nil
+  ) throws -> (
+    outputs: [Tensor], taps: [String: Tensor], values: [Tensor?], records: [Record], state: [String: Tensor], recomputed: Set<Int>,
+    boundary: Set<Int>
+  ) {
+    var values = replay?.base ?? [Tensor?](repeating: nil, count: names.count)
+    var recomputed = Set<Int>(), skippedOutputs = Set<Int>(), boundary = Set<Int>()
+    if let replay {
+      for (name, tensor) in replay.overriding {
+        guard let slot = slotOf[name], let current = values[slot] else {
+          throw RuntimeError(fusedAway.contains(name) ? "value '\(name)' was fused into a convolution; prepare the interpreter with it in `keep`" : "no value named '\(name)' to replace")
+        }
+        guard current.shape == tensor.shape, current.dtype == tensor.dtype else {
+          throw RuntimeError("value '\(name)' is \(current.dtype) \(current.shapeDescription); its replacement is \(tensor.dtype) \(tensor.shapeDescription)")
+        }
+        values[slot] = tensor
+        recomputed.insert(slot)
+      }
+    }
+    let replaced = recomputed
+    for (slot, tensor) in constants where replay == nil { values[slot] = tensor }
+    for (info, slot, hasDefault) in inputSlots where replay == nil {
       if let fed = feeds[info.name] {
         try check(fed, against: info)
         values[slot] = fed
@@ -177,7 +209,7 @@ public final class Interpreter: @unchecked Sendable {
     for name in feeds.keys where !inputSlots.contains(where: { $0.info.name == name }) {
       throw RuntimeError("the model has no input '\(name)'; its inputs are: " + requiredInputs.map(\.name).joined(separator: ", "))
     }
-    for (name, slot) in outerSlots {
+    for (name, slot) in outerSlots where replay == nil {
       guard let value = scope(name) else { throw RuntimeError("value '\(name)' is not defined in this graph or an enclosing one") }
       values[slot] = value
     }
@@ -193,6 +225,15 @@ public final class Interpreter: @unchecked Sendable {
     var state: [String: Tensor] = [:]
     let budget = memoryBudget
     for (index, step) in steps.enumerated() {
+      if replay != nil {
+        let reads = step.inputs.compactMap { $0 } + step.node.subgraphs.flatMap { $0.outerReferences.compactMap { slotOf[$0] } }
+        guard reads.contains(where: recomputed.contains) else {
+          skippedOutputs.formUnion(step.outputs.compactMap { $0 })
+          continue
+        }
+        boundary.formUnion(reads.filter { skippedOutputs.contains($0) && !recomputed.contains($0) && values[$0]?.isFloat == true })
+        recomputed.formUnion(step.outputs.compactMap { $0 })
+      }
       var context = ExecutionContext(label: step.node.label, memoryBudget: budget) { name in
         if let slot = self.slotOf[name], let value = values[slot] { return value }
         return scope(name)
@@ -210,7 +251,7 @@ public final class Interpreter: @unchecked Sendable {
         guard index < results.count else {
           throw RuntimeError("\(step.node.label): produced \(results.count) outputs, the node names \(step.outputs.count)")
         }
-        values[slot] = results[index]
+        if !replaced.contains(slot) { values[slot] = results[index] }
         if tapSlots.contains(slot) { tapped[names[slot]] = results[index] }
       }
       if recording {
@@ -224,7 +265,7 @@ public final class Interpreter: @unchecked Sendable {
       guard let value = values[slot] else { throw RuntimeError("graph output '\(graph.outputs[index].name)' was not computed") }
       return value
     }
-    return (outputs, tapped, values, records, state)
+    return (outputs, tapped, values, records, state, recomputed, boundary)
   }
 
   /// The float initializers: the values training can update.

@@ -12,11 +12,22 @@ public final class Tape {
   /// Whether the pass ran with training behaviour; backward passes see the same flag.
   public let training: Bool
 
+  /// What a pass made by `replay` did: the slots it `replaced` (constants to the reverse pass),
+  /// the slots it `recomputed` (replaced ones included), and the `boundary`: values of its base
+  /// pass that recomputed nodes read.
+  struct Replay {
+    let replaced: Set<Int>
+    let recomputed: Set<Int>
+    let boundary: Set<Int>
+  }
+  let replay: Replay?
+
   init(
     interpreter: Interpreter, values: [Tensor?], records: [Interpreter.Record], outputs: [Tensor], stateUpdates: [String: Tensor],
-    training: Bool
+    training: Bool, replay: Replay? = nil
   ) {
     self.training = training
+    self.replay = replay
     self.interpreter = interpreter
     self.values = values
     self.records = records
@@ -26,6 +37,32 @@ public final class Tape {
 
   /// The value `name` took in the recorded pass.
   public func value(_ name: String) -> Tensor? { interpreter.slot(named: name).flatMap { values[$0] } }
+
+  /// This pass again, recorded, with the values in `overriding` (initializers, inputs or node
+  /// outputs, each keeping its shape and dtype) replaced: only the nodes downstream of a replaced
+  /// value run again; every other value is this pass's. A replaced value is a constant of the new
+  /// pass: its own gradient is zero and none flows through it. Differentiate the new pass with
+  /// `replayGradients`, whose `baseSeeds` join this pass's seeds.
+  public func replay(overriding: [String: Tensor]) throws -> Tape { try interpreter.replay(self, overriding: overriding) }
+
+  /// For a pass made by `replay`: d(sum seed * value)/d target over the recomputed nodes
+  /// (`gradients`), and the seeds to add to the base pass's (`baseSeeds`): the gradients with
+  /// respect to the base values the recomputed nodes read, and any seed of a value the replay did
+  /// not recompute. The targets' full gradient is `gradients` plus the base pass's with those seeds.
+  public func replayGradients(seeds: [String: Tensor], targets: Set<String>) throws -> (gradients: [String: Tensor], baseSeeds: [String: Tensor]) {
+    guard let replay else { throw RuntimeError("replayGradients needs a pass made by Tape.replay") }
+    var own: [String: Tensor] = [:], baseSeeds: [String: Tensor] = [:]
+    for (name, seed) in seeds {
+      if let slot = interpreter.slot(named: name), replay.recomputed.contains(slot) { own[name] = seed } else { baseSeeds[name] = seed }
+    }
+    let boundary = Set(replay.boundary.map(interpreter.name(ofSlot:))).subtracting(targets)
+    var gradients = try self.gradients(seeds: own, targets: targets.union(boundary))
+    for name in boundary {
+      guard let gradient = gradients.removeValue(forKey: name) else { continue }
+      if baseSeeds[name] == nil { baseSeeds[name] = gradient } else { baseSeeds[name]!.accumulate(gradient) }
+    }
+    return (gradients, baseSeeds)
+  }
 
   /// Gradients with respect to the values in `targets` (parameters, inputs or intermediate values)
   /// of `sum(seed_v * v)` over the seeded values v: seeding a scalar loss with 1 gives d loss / d target.
@@ -56,7 +93,7 @@ public final class Tape {
     }
     for record in records.reversed() {
       let step = interpreter.stepInfo(record.step)
-      let outputGradients = step.outputs.map { $0.flatMap { gradients[$0] } }
+      let outputGradients = step.outputs.map { $0.flatMap { replay?.replaced.contains($0) == true ? nil : gradients[$0] } }
       guard outputGradients.contains(where: { $0 != nil }) else { continue }
       let wanted = step.inputs.enumerated().filter { _, slot in
         guard let slot, needed.contains(slot), let value = values[slot] else { return false }
@@ -84,7 +121,7 @@ public final class Tape {
     var result: [String: Tensor] = [:]
     for name in targets {
       let slot = interpreter.slot(named: name)!
-      if let gradient = gradients[slot] {
+      if let gradient = gradients[slot], replay?.replaced.contains(slot) != true {
         result[name] = gradient
       } else if let value = values[slot] {
         result[name] = Tensor(zeros: value.shape, dtype: value.dtype)

@@ -38,10 +38,27 @@ protocol DistillationMethod {
   /// engine declares them as loss-graph inputs `student:TAP` / `teacher:TAP` (the student's with
   /// gradients) and puts their values in `StepContext`.
   var extraTaps: (student: [String], teacher: [String]) { get }
+  /// A second recorded student pass the loss reads (nil: none).
+  var rerun: StudentRerun? { get }
 }
 
 extension DistillationMethod {
   var extraTaps: (student: [String], teacher: [String]) { ([], []) }
+  var rerun: StudentRerun? { nil }
+}
+
+/// A second recorded pass of the student on the same batch with one of its values (an
+/// initializer, an input or a node output, `replacing`) replaced by the teacher's value
+/// `teacherTap` of the same shape (`Tape.replay`). The loss reads the student values `taps` of
+/// that pass as loss-graph inputs named `DistillationLoss.rerunValue(self, tap)`; their gradients
+/// seed the second pass (a replay of the main one: only the nodes downstream of the replaced value
+/// run again), whose gradients at the values it shares with the main pass join the main pass's
+/// seeds. `source` names the config keys, for errors.
+struct StudentRerun: Hashable {
+  let replacing: String
+  let teacherTap: String
+  let taps: [String]
+  let source: String
 }
 
 /// The head configs of both models, for methods that decode or read head outputs.
@@ -87,7 +104,7 @@ enum DistillationMethods {
     case "pkd": return PearsonDistillation()
     case "ld":
       return LocalizationDistillation(temperature: Float(loss.settings["temperature"] ?? 10), regMax: loss.settings["reg_max"].map(Int.init))
-    case "detr": return try DETRDistill(setup: setup, settings: loss.settings)
+    case "detr": return try DETRDistill(loss, setup: setup)
     case "gid": return try GeneralInstanceDistillation(settings: .init(loss.settings), setup: setup)
     case "fgd":
       return FocalGlobalDistillation(
