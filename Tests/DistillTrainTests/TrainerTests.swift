@@ -241,7 +241,7 @@ final class MergedParameterTrainingTests: XCTestCase {
     let block = try XCTUnwrap(trainer.interpreter.parameter("body.layer1.0.bn1.weight")).floats
     XCTAssertNotEqual(stem, block, "merged scales train apart")
 
-    let (exported, changed) = try TrainedWeights.apply(try trainer.checkpoint(), to: model)
+    let (exported, changed) = try TrainedWeights.apply(trainer.checkpoint(), to: model)
     XCTAssertGreaterThan(changed, 0)
     let graph = try XCTUnwrap(exported.graph)
     let initializer = try XCTUnwrap(graph.initializers.first { $0.name == "body.layer1.0.bn1.weight" })
