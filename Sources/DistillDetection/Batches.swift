@@ -43,6 +43,10 @@ public final class BatchLoader: Sendable {
   /// readable one in the epoch's order and reported here, naming the file; without it, it fails its
   /// batch. Called from the loading thread.
   public let skipUnreadable: (@Sendable (String) -> Void)?
+  /// The positions within each batch this loader makes (`0..<batchSize`: whole batches). A
+  /// data-parallel process makes its slice of every global batch: the same samples, augmented
+  /// the same way, as the whole batch holds at those positions.
+  public let slice: Range<Int>
   private let skippedCount = SkipCounter()
 
   /// Samples skipped as unreadable so far (each time one is met).
@@ -50,10 +54,11 @@ public final class BatchLoader: Sendable {
 
   public init(
     source: any DetectionSource, augmenter: Augmenter, batchSize: Int, seed: UInt64, shuffle: Bool = true,
-    dropLast: Bool = false, prefetch: Int = 1, skipUnreadable: (@Sendable (String) -> Void)? = nil
+    dropLast: Bool = false, prefetch: Int = 1, skipUnreadable: (@Sendable (String) -> Void)? = nil, slice: Range<Int>? = nil
   ) {
     self.skipUnreadable = skipUnreadable
-    precondition(batchSize > 0 && prefetch >= 0)
+    self.slice = slice ?? 0..<batchSize
+    precondition(batchSize > 0 && prefetch >= 0 && self.slice.lowerBound >= 0 && self.slice.upperBound <= batchSize)
     self.source = source
     self.augmenter = augmenter
     self.batchSize = batchSize
@@ -78,14 +83,15 @@ public final class BatchLoader: Sendable {
     return order
   }
 
-  /// Makes batch `index` of epoch `epoch` on the calling thread. Throws what decoding a sample
+  /// Makes batch `index` of epoch `epoch` (its `slice`) on the calling thread. Throws what decoding a sample
   /// throws (naming its file).
   public func batch(_ index: Int, epoch: Int) throws -> DetectionBatch {
     try batch(index, epoch: epoch, order: order(epoch: epoch))
   }
 
   func batch(_ index: Int, epoch: Int, order: [Int]) throws -> DetectionBatch {
-    let positions = (index * batchSize)..<min(order.count, (index + 1) * batchSize)
+    let first = index * batchSize
+    let positions = min(order.count, first + slice.lowerBound)..<min(order.count, first + slice.upperBound)
     let options = augmenter.options
     var floats: [Float] = []
     floats.reserveCapacity(positions.count * 3 * options.height * options.width)

@@ -54,6 +54,9 @@ public struct DistillConfig: Sendable {
   public var student: String
   public var data: Data
   public var batchNormalization: BatchNormalizationMode
+  /// `sync_bn`: data-parallel with `bn: train`, BatchNormalization takes its batch statistics over
+  /// every process's slice (the whole global batch) instead of each process's own.
+  public var syncBatchNormalization: Bool
   /// The head config as YAML text, for both models unless `studentHead`/`teacherHead` differ.
   public var teacherHead: String?
   public var studentHead: String?
@@ -76,6 +79,7 @@ public struct DistillConfig: Sendable {
   public var training: TrainingConfig {
     var config = TrainingConfig(optimizer: optimizer, schedule: schedule, clipGradientNorm: clipGradientNorm, frozen: freeze, seed: seed)
     config.batchNormalization = batchNormalization
+    config.syncBatchNormalization = syncBatchNormalization ? true : nil
     return config
   }
 
@@ -114,7 +118,7 @@ public struct DistillConfig: Sendable {
     }
     var reader = ConfigReader()
     let top = reader.mapping(root, at: "", keys: [
-      "teacher", "student", "data", "bn", "head", "teacher_head", "student_head", "task", "losses", "train", "output", "pseudo_label",
+      "teacher", "student", "data", "bn", "sync_bn", "head", "teacher_head", "student_head", "task", "losses", "train", "output", "pseudo_label",
     ])
     self.file = file
     teacher = resolve(reader.string(top["teacher"], at: "teacher", required: true) ?? "")
@@ -160,6 +164,10 @@ public struct DistillConfig: Sendable {
       if let parsed = BatchNormalizationMode(rawValue: mode) { batchNormalization = parsed } else {
         reader.problem("bn: '\(mode)' is not one of \(BatchNormalizationMode.allCases.map(\.rawValue).joined(separator: ", "))")
       }
+    }
+    syncBatchNormalization = reader.bool(top["sync_bn"], at: "sync_bn") ?? false
+    if syncBatchNormalization, batchNormalization == .frozen {
+      reader.problem("sync_bn: true synchronizes batch statistics, which bn: frozen does not use; give bn: train or drop sync_bn")
     }
     func yamlText(_ node: Any?, at path: String) -> String? {
       guard let node else { return nil }

@@ -17,7 +17,9 @@ public final class Distiller {
   public let samples: Int
   private let batchSource: BatchSource
 
-  public init(config: DistillConfig, options: RunOptions) throws {
+  /// Data-parallel (`parallel`), the process reads, and its models run on, its slice of each batch
+  /// only; the data must be the same on every process (checked against process 0's).
+  public init(config: DistillConfig, options: RunOptions, parallel: DataParallel? = nil) throws {
     self.config = config
     var problems: [String] = []
     func read(_ path: String, _ role: String) -> Model? {
@@ -103,13 +105,23 @@ public final class Distiller {
 
     // The data, then one forward pass of each model for the taps' shapes.
     let warn = options.warn
-    batchSource = try BatchSource(config: config, inputName: studentInput.name, size: size, warn: { warn($0) })
+    batchSource = try BatchSource(config: config, inputName: studentInput.name, size: size, slice: parallel?.slice, warn: { warn($0) })
     samples = batchSource.count
     guard samples >= config.batch else {
       throw ConfigProblems(file: config.file, problems: ["data: \(samples) samples, fewer than one batch of train.batch \(config.batch)"])
     }
+    if let parallel, parallel.size > 1 {
+      var reference = Array(batchSource.fingerprint.utf8)
+      try parallel.communicator.broadcast(&reference, root: 0)
+      let theirs = String(decoding: reference, as: UTF8.self)
+      guard theirs == batchSource.fingerprint else {
+        throw TrainingError.invalidConfig(
+          "the data differs from process 0's (here \(batchSource.fingerprint), there \(theirs)): every host must see the same data at the same path")
+      }
+    }
     inputSize = batchSource.inputSize
-    let probe = Tensor(shape: [config.batch, 3, inputSize.height, inputSize.width], floats: [Float](repeating: 0.5, count: config.batch * 3 * inputSize.height * inputSize.width))
+    let rows = parallel?.slice.count ?? config.batch
+    let probe = Tensor(shape: [rows, 3, inputSize.height, inputSize.width], floats: [Float](repeating: 0.5, count: rows * 3 * inputSize.height * inputSize.width))
     let teacherShapes = try teacher.run([teacherInput.name: probe], taps: teacherTaps).taps.mapValues(\.shape)
     let studentShapes = try trainer.interpreter.run([studentInput.name: probe], taps: studentTaps).taps.mapValues(\.shape)
     var task: (loss: TaskLoss, weight: Float)?
@@ -121,6 +133,7 @@ public final class Distiller {
       teacherShapes: teacherShapes, studentShapes: studentShapes, seed: config.seed, inputSize: inputSize,
       pseudoLabels: teacherDecoder.map { ($0, config.pseudoLabelScore) }, setup: setup, task: task)
     trainer.replace(loss: loss, batches: batchSource.batch)
+    trainer.parallel = parallel
   }
 
   /// `student.onnx` with the trained weights: the student's graph unchanged but its weights (and
@@ -149,6 +162,10 @@ final class BatchSource: @unchecked Sendable {
   private let loader: BatchLoader?
   private let tensorFiles: [String]
   private let batchSize: Int
+  /// The positions within each batch this process reads (all of them on one process).
+  private let slice: Range<Int>
+  /// The sample count and a hash of the sample files' names, to check that processes agree.
+  let fingerprint: String
   private let shuffle: Bool
   /// Whether the images have annotations; label-free batches carry none, so losses that need
   /// objects get the teacher's pseudo-labels.
@@ -157,10 +174,19 @@ final class BatchSource: @unchecked Sendable {
   private var epochBatches: EpochBatches?
   private var expected: (epoch: Int, index: Int)?
 
-  init(config: DistillConfig, inputName: String, size: (height: Int, width: Int)?, warn: @escaping @Sendable (String) -> Void) throws {
+  init(
+    config: DistillConfig, inputName: String, size: (height: Int, width: Int)?, slice: Range<Int>? = nil,
+    warn: @escaping @Sendable (String) -> Void
+  ) throws {
     self.inputName = inputName
     annotated = config.data.annotations != nil
     batchSize = config.batch
+    self.slice = slice ?? 0..<config.batch
+    func fingerprint(_ count: Int, _ names: [String]) -> String {
+      var hasher = FNV1a64()
+      for name in names { hasher.add(Array(URL(fileURLWithPath: name).lastPathComponent.utf8) + [0]) }
+      return "\(count) samples, names hashed to \(String(format: "%016llx", hasher.value))"
+    }
     shuffle = config.data.shuffle
     seed = config.seed
     if let directory = config.data.tensors {
@@ -173,18 +199,21 @@ final class BatchSource: @unchecked Sendable {
       inputSize = (shape[1], shape[2])
       loader = nil
       count = files.count
+      self.fingerprint = fingerprint(count, files)
       return
     }
     tensorFiles = []
     guard let images = config.data.images, let size else { throw TrainingError.invalidConfig("data: no images") }
     inputSize = size
     let source: any DetectionSource
+    var names: [String] = []
     if let annotations = config.data.annotations {
       source = try COCOAnnotations.load(annotations).source(imageDirectory: images)
     } else {
       let files = try FileManager.default.contentsOfDirectory(atPath: images)
         .filter { [".png", ".jpg", ".jpeg"].contains(where: $0.lowercased().hasSuffix) }.sorted()
       guard !files.isEmpty else { throw TrainingError.invalidConfig("data.images: \(images) holds no PNG or JPEG images") }
+      names = files
       let entries = files.map { ListedImageSource.Entry(path: URL(fileURLWithPath: images).appendingPathComponent($0).path, boxes: [], labels: []) }
       source = try ListedImageSource(entries: entries, classNames: [])
     }
@@ -194,8 +223,9 @@ final class BatchSource: @unchecked Sendable {
     let warn = warn
     loader = BatchLoader(
       source: source, augmenter: Augmenter(options), batchSize: config.batch, seed: config.seed, shuffle: config.data.shuffle, dropLast: true,
-      prefetch: 1, skipUnreadable: { warn($0) })
+      prefetch: 1, skipUnreadable: { warn($0) }, slice: slice)
     count = source.count
+    self.fingerprint = fingerprint(count, names)
   }
 
   var perEpoch: Int { max(1, count / batchSize) }
@@ -225,7 +255,7 @@ final class BatchSource: @unchecked Sendable {
     }
     var values: [Float] = []
     var sampleShape: [Int] = []
-    for position in (index * batchSize)..<((index + 1) * batchSize) {
+    for position in (index * batchSize + slice.lowerBound)..<(index * batchSize + slice.upperBound) {
       let tensor = try Self.readTensor(tensorFiles[order[position]])
       let shape = tensor.shape.count == 4 ? Array(tensor.shape.dropFirst()) : tensor.shape
       if sampleShape.isEmpty { sampleShape = shape } else if shape != sampleShape {
@@ -233,7 +263,7 @@ final class BatchSource: @unchecked Sendable {
       }
       values += tensor.floats
     }
-    return Batch(feeds: [inputName: Tensor(shape: [batchSize] + sampleShape, floats: values)])
+    return Batch(feeds: [inputName: Tensor(shape: [slice.count] + sampleShape, floats: values)])
   }
 
   static func readTensor(_ path: String) throws -> Tensor {

@@ -19,6 +19,9 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
   public var maxConsecutiveNonFinite: Int
   /// How the model's BatchNormalization layers run while training.
   public var batchNormalization: BatchNormalizationMode = .train
+  /// Data-parallel, BatchNormalization's batch statistics are those of the global batch (`sync_bn`);
+  /// nil when not (so that configurations without it keep their hash).
+  public var syncBatchNormalization: Bool?
 
   public init(
     optimizer: OptimizerConfig, schedule: LearningRateSchedule, clipGradientNorm: Float? = nil, frozen: String? = nil,
@@ -196,6 +199,11 @@ public final class Trainer {
   /// The last checkpoint written or resumed from.
   public private(set) var lastCheckpoint: String?
   public let optimizer: Optimizer
+  /// This process's share of a data-parallel run, or nil (one process). Set before the first
+  /// step; every process of the run must take the same steps.
+  public var parallel: DataParallel? {
+    didSet { interpreter.syncBatchStatistics = parallel?.syncBatchNormalization == true ? parallel?.communicator : nil }
+  }
 
   private var loss: any TrainingLoss
   private var batches: (Int, inout SplitMix64) throws -> Batch
@@ -255,7 +263,8 @@ public final class Trainer {
     let batch = try batches(step, &random)
     let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train)
     let evaluation = try loss.evaluate(tape, batch)
-    return StepReport(step: step, loss: evaluation.loss, learningRate: learningRate(at: step), gradientNorm: nil, skipped: nil, terms: evaluation.terms)
+    let (value, terms) = try parallel?.globalValues(loss: evaluation.loss, terms: evaluation.terms) ?? (evaluation.loss, evaluation.terms)
+    return StepReport(step: step, loss: value, learningRate: learningRate(at: step), gradientNorm: nil, skipped: nil, terms: terms)
   }
 
   /// Appends `report` to the log (`options.logPath`).
@@ -294,10 +303,12 @@ public final class Trainer {
   /// differentiated over the nodes it recomputed, the recorded pass seeded with its seeds plus
   /// those the replays hand back, and the sum.
   func gradients(_ tape: Tape, _ evaluation: LossEvaluation) throws -> [String: Tensor] {
-    var seeds = evaluation.seeds
+    // On a data-parallel run, each process's share of the global batch scales its seeds.
+    func weighted(_ seeds: [String: Tensor]) -> [String: Tensor] { parallel?.weighted(seeds) ?? seeds }
+    var seeds = weighted(evaluation.seeds)
     var replayed: [[String: Tensor]] = []
     for pass in evaluation.additionalPasses {
-      let (gradients, baseSeeds) = try pass.tape.replayGradients(seeds: pass.seeds, targets: Set(trainable))
+      let (gradients, baseSeeds) = try pass.tape.replayGradients(seeds: weighted(pass.seeds), targets: Set(trainable))
       for (name, seed) in baseSeeds { if seeds[name] == nil { seeds[name] = seed } else { seeds[name]!.accumulate(seed) } }
       replayed.append(gradients)
     }
@@ -309,6 +320,8 @@ public final class Trainer {
   /// Takes one step: draws a batch, records, differentiates, clips, updates, applies running
   /// statistics; skips the update (with a warning) when the loss or a gradient is not finite, and
   /// throws `TrainingError.diverged` after `maxConsecutiveNonFinite` such steps in a row.
+  /// Data-parallel (`parallel`), the batch is this process's slice, the gradients are summed over
+  /// the processes before clipping, and the report holds the global loss and terms.
   @discardableResult
   public func trainStep() throws -> StepReport {
     let started = ContinuousClock.now
@@ -317,8 +330,8 @@ public final class Trainer {
     let batch = try batches(index, &random)
     let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train)
     let evaluation = try loss.evaluate(tape, batch)
-    let value = evaluation.loss
-    var report = StepReport(step: index + 1, loss: value, learningRate: rate, gradientNorm: nil, skipped: nil, terms: evaluation.terms)
+    let (value, terms) = try parallel?.globalValues(loss: evaluation.loss, terms: evaluation.terms) ?? (evaluation.loss, evaluation.terms)
+    var report = StepReport(step: index + 1, loss: value, learningRate: rate, gradientNorm: nil, skipped: nil, terms: terms)
     if !value.isFinite {
       report.skipped = "non-finite loss \(value)"
     } else {
@@ -329,8 +342,9 @@ public final class Trainer {
         guard let gradient = evaluation.parameterGradients[parameter.name] else {
           throw TrainingError.invalidConfig("the loss gave no gradient for its parameter '\(parameter.name)'")
         }
-        gradients.append(NamedTensor(parameter.name, gradient))
+        gradients.append(NamedTensor(parameter.name, parallel?.weighted([parameter.name: gradient])[parameter.name] ?? gradient))
       }
+      try parallel?.sum(&gradients)
       let norm =
         config.clipGradientNorm.map { GradientClipping.clip(&gradients, maxNorm: $0) }
         ?? GradientClipping.globalNorm(gradients)
@@ -348,9 +362,9 @@ public final class Trainer {
             try interpreter.setParameter(updated.name, updated.tensor)
           }
         }
-        for name in tape.stateUpdates.keys.sorted() where interpreter.parameter(name) != nil {
-          try interpreter.setParameter(name, tape.stateUpdates[name]!)
-        }
+        var statistics = tape.stateUpdates.filter { interpreter.parameter($0.key) != nil }
+        if let parallel, !parallel.syncBatchNormalization, !statistics.isEmpty { statistics = try parallel.averaged(statistics) }
+        for name in statistics.keys.sorted() { try interpreter.setParameter(name, statistics[name]!) }
       }
     }
     step += 1
@@ -404,9 +418,28 @@ public final class Trainer {
   /// Continues from the checkpoint at `path` (or `path.prev` if that is missing or damaged):
   /// restores parameters, adapters, optimizer state, step and random state, and drops log lines of
   /// steps after the checkpoint. Refuses a checkpoint of another configuration or model.
+  /// Data-parallel, process 0 reads the file and sends it to the others (which need no copy), so
+  /// a run resumes with any number of processes.
   public func resume(from path: String) throws {
-    let (checkpoint, file, warning) = try Checkpoint.readLatest(path)
-    if let warning { options.warn(warning) }
+    var (checkpoint, file): (Checkpoint, String)
+    if let parallel, parallel.size > 1 {
+      var bytes: [UInt8] = []
+      file = path
+      if parallel.rank == 0 {
+        let (read, found, warning) = try Checkpoint.readLatest(path)
+        if let warning { options.warn(warning) }
+        bytes = read.encoded() + Array(found.utf8)
+        bytes += withUnsafeBytes(of: UInt64(found.utf8.count).littleEndian, Array.init)
+      }
+      try parallel.communicator.broadcast(&bytes, root: 0)
+      let nameCount = Int(bytes.suffix(8).reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+      file = String(decoding: bytes.dropLast(8).suffix(nameCount), as: UTF8.self)
+      checkpoint = try Checkpoint.decode(Array(bytes.dropLast(8 + nameCount)), file: file)
+    } else {
+      let (read, found, warning) = try Checkpoint.readLatest(path)
+      if let warning { options.warn(warning) }
+      (checkpoint, file) = (read, found)
+    }
     guard checkpoint.configHash == config.hash else {
       throw TrainingError.configMismatch(file: file, checkpoint: checkpoint.configHash, current: config.hash)
     }

@@ -28,7 +28,9 @@ private func uninitializedFloats(_ count: Int) -> [Float] {
 /// When the interpreter runs in training (`ExecutionContext.training`, as PyTorch's `train()`),
 /// any BatchNormalization normalizes with batch statistics and reports the new running statistics
 /// for its `input_mean` and `input_var` values through `updateState`, updating the variance with
-/// the unbiased batch variance as PyTorch does.
+/// the unbiased batch variance as PyTorch does. With `ExecutionContext.syncBatchStatistics` the
+/// batch is the union of every process's (PyTorch's `SyncBatchNorm`): means and variances are
+/// taken over all processes' samples, in two passes as on one process.
 struct BatchNormalization: Operator {
   let epsilon: Float
   let momentum: Float
@@ -71,9 +73,9 @@ struct BatchNormalization: Operator {
     }
     let s = scale.asFloats, b = bias.asFloats
     var m = mean.asFloats, v = variance.asFloats
-    var batchMean: [Float] = [], batchVariance: [Float] = []
+    var batchMean: [Float] = [], batchVariance: [Float] = [], count = Float(batch * run)
     if training || context.training {
-      (batchMean, batchVariance) = statistics(x, batch: batch, groups: groups, run: run)
+      (batchMean, batchVariance, count) = try statistics(x, batch: batch, groups: groups, run: run, across: context.syncBatchStatistics)
       m = batchMean
       v = batchVariance
     }
@@ -103,7 +105,7 @@ struct BatchNormalization: Operator {
     let keep = 1 - momentum
     let inputMean = mean.asFloats, inputVariance = variance.asFloats
     if context.training {
-      let count = Float(batch * run), correction = count > 1 ? count / (count - 1) : 1
+      let correction = count > 1 ? count / (count - 1) : 1
       let runningMean = (0..<groups).map { inputMean[$0] * momentum + batchMean[$0] * keep }
       let runningVariance = (0..<groups).map { inputVariance[$0] * momentum + batchVariance[$0] * correction * keep }
       if !meanName.isEmpty { context.updateState(meanName, Tensor(shape: mean.shape, floats: runningMean, dtype: mean.dtype).normalized()) }
@@ -122,10 +124,14 @@ struct BatchNormalization: Operator {
     return outputs
   }
 
-  /// Mean and population variance of each parameter group over the batch.
-  private func statistics(_ x: Tensor, batch: Int, groups: Int, run: Int) -> ([Float], [Float]) {
+  /// Mean and population variance of each parameter group over the batch, and the number of
+  /// values each was taken over; with `replicas`, over the batches of all processes.
+  private func statistics(_ x: Tensor, batch: Int, groups: Int, run: Int, across replicas: (any Collective)?) throws
+    -> (mean: [Float], variance: [Float], count: Float)
+  {
     var sums = [Double](repeating: 0, count: groups), squares = [Double](repeating: 0, count: groups)
-    x.floats.withUnsafeBufferPointer { xs in
+    var count = Double(batch * run)
+    try x.floats.withUnsafeBufferPointer { xs in
       for n in 0..<batch {
         for g in 0..<groups {
           let base = (n * groups + g) * run
@@ -134,7 +140,12 @@ struct BatchNormalization: Operator {
           sums[g] += sum
         }
       }
-      let count = Double(batch * run)
+      if let replicas {
+        var shared = sums + [count]
+        try replicas.sum(&shared)
+        sums = Array(shared[0..<groups])
+        count = shared[groups]
+      }
       for g in 0..<groups { sums[g] /= count }
       for n in 0..<batch {
         for g in 0..<groups {
@@ -147,9 +158,10 @@ struct BatchNormalization: Operator {
           squares[g] += sum
         }
       }
+      try replicas?.sum(&squares)
       for g in 0..<groups { squares[g] /= count }
     }
-    return (sums.map { Float($0) }, squares.map { Float($0) })
+    return (sums.map { Float($0) }, squares.map { Float($0) }, Float(count))
   }
 }
 
@@ -374,7 +386,10 @@ extension BatchNormalization: DifferentiableOperator {
   /// flag) the gradient also flows through the batch mean and variance, recomputed here from X:
   /// `dX = scale / sqrt(var + epsilon) * (dY - mean(dY) - xhat * mean(dY * xhat))`, plus what the
   /// running (and, before opset 14, saved) statistics outputs pass back. `input_mean` and
-  /// `input_var` are state, not parameters: they get no gradient.
+  /// `input_var` are state, not parameters: they get no gradient. Synchronized
+  /// (`syncBatchStatistics`), the statistics and the sums `sum(dY)`, `sum(dY * xhat)` in dX are
+  /// those over all processes (as PyTorch's `SyncBatchNorm`); dscale and dB stay this process's
+  /// share, for the trainer to sum with the other gradients.
   func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
     -> [Tensor?]
   {
@@ -396,8 +411,9 @@ extension BatchNormalization: DifferentiableOperator {
     let groups = spatial ? channels : channels * spatialSize
     let run = spatial ? spatialSize : 1
     guard scale.count == groups, mean.count == groups, variance.count == groups else { return none }
-    var m = mean.asFloats, v = variance.asFloats
-    if batchStatistics { (m, v) = self.statistics(x, batch: batch, groups: groups, run: run) }
+    var m = mean.asFloats, v = variance.asFloats, count = Float(batch * run)
+    let replicas = batchStatistics ? context.syncBatchStatistics : nil
+    if batchStatistics { (m, v, count) = try self.statistics(x, batch: batch, groups: groups, run: run, across: replicas) }
     let inverse = (0..<groups).map { 1 / (v[$0] + epsilon).squareRoot() }
     let s = scale.asFloats
     let planes = batch * groups
@@ -428,17 +444,21 @@ extension BatchNormalization: DifferentiableOperator {
       sumDy[plane % groups] += planeSums[2 * plane]
       sumDyXhat[plane % groups] += planeSums[2 * plane + 1]
     }
+    // The batch's sums, and the gradients reaching the statistics outputs: every process's.
+    var batchSums = sumDy + sumDyXhat + (0..<4).flatMap { k in (0..<groups).map { Double(statistics[k]?[$0] ?? 0) } }
+    if let replicas { try replicas.sum(&batchSums) }
+    func batchSum(_ part: Int, _ g: Int) -> Float { Float(batchSums[part * groups + g]) }
     // dX = p * dY + q * (X - mean) + r per group.
-    let count = Float(batch * run), keep = 1 - momentum
+    let keep = 1 - momentum
     var p = [Float](repeating: 0, count: groups), q = p, r = p
     for g in 0..<groups {
       let a = s[g] * inverse[g]
       p[g] = a
       if batchStatistics {
-        let meanGradient = (keep * (statistics[0]?[g] ?? 0) + (statistics[2]?[g] ?? 0)) / count
-        let varianceGradient = 2 * (keep * (statistics[1]?[g] ?? 0) + (statistics[3]?[g] ?? 0)) / count
-        q[g] = varianceGradient - a * inverse[g] * Float(sumDyXhat[g]) / count
-        r[g] = meanGradient - a * Float(sumDy[g]) / count
+        let meanGradient = (keep * batchSum(2, g) + batchSum(4, g)) / count
+        let varianceGradient = 2 * (keep * batchSum(3, g) + batchSum(5, g)) / count
+        q[g] = varianceGradient - a * inverse[g] * batchSum(1, g) / count
+        r[g] = meanGradient - a * batchSum(0, g) / count
       }
     }
     var dx = uninitializedFloats(x.count)

@@ -24,6 +24,9 @@ public final class Interpreter: @unchecked Sendable {
   public var profile: [String: Double]?
   /// Largest tensor, in bytes, one operator may allocate (default: 80% of physical memory).
   public var memoryBudget: Int = Int(Double(ProcessInfo.processInfo.physicalMemory) * 0.8)
+  /// Passes run with `training` (and their backward passes) synchronize BatchNormalization's batch
+  /// statistics through this (`ExecutionContext.syncBatchStatistics`); nil: each process its own.
+  public var syncBatchStatistics: (any Collective)?
 
   /// Values fused away (see `Fusion`), which `run` cannot tap.
   private var fusedAway: Set<String> = []
@@ -239,6 +242,7 @@ public final class Interpreter: @unchecked Sendable {
         return scope(name)
       }
       context.training = training
+      if training { context.syncBatchStatistics = syncBatchStatistics }
       context.updateState = { name, value in state[name] = value }
       let inputs = step.inputs.map { $0.flatMap { values[$0] } }
       let start = profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds

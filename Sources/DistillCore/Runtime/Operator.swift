@@ -37,6 +37,9 @@ public struct ExecutionContext {
   /// Receives new values of state the graph keeps in initializers (BatchNormalization running
   /// statistics in training), by value name.
   public var updateState: (String, Tensor) -> Void = { _, _ in }
+  /// In training, when set: BatchNormalization sums its batch statistics (and, backward, its
+  /// gradient sums) over all processes of a data-parallel run (synchronized BatchNormalization).
+  public var syncBatchStatistics: (any Collective)?
 
   public func error(_ message: String) -> RuntimeError { RuntimeError("\(label): \(message)") }
 

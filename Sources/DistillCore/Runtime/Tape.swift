@@ -105,6 +105,7 @@ public final class Tape {
       }
       var context = ExecutionContext(label: step.node.label, memoryBudget: interpreter.memoryBudget) { _ in nil }
       context.training = training
+      if training { context.syncBatchStatistics = interpreter.syncBatchStatistics }
       let wantedIndices = Set(wanted.map(\.offset))
       context.neededGradients = step.inputs.indices.map(wantedIndices.contains)
       let start = interpreter.profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
