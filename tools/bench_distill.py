@@ -74,13 +74,18 @@ def calibrate(model, images):
     return model.eval()
 
 
-def build(images=None):
+def build(images=None, box_bins=None):
     """The teacher and student, BatchNormalization statistics and output scales calibrated on
-    `images` ([N, 3, 320, 320], 0-1; default 16 uniform-noise pictures)."""
+    `images` ([N, 3, 320, 320], 0-1; default 16 uniform-noise pictures). With `box_bins`, the box
+    outputs are GFL-style distributions: 4 x box_bins channels per level."""
     torch.manual_seed(0)
     teacher = RawFCOS("resnet50", 256)
     student = narrow_fpn(RawFCOS("resnet18", 128), 128)
     student.head = torchvision.models.detection.fcos.FCOSHead(128, 1, 20)
+    if box_bins:
+        for model, channels in [(teacher, 256), (student, 128)]:
+            model.head.regression_head.bbox_reg = torch.nn.Conv2d(channels, 4 * box_bins, 3, padding=1)
+            torch.nn.init.normal_(model.head.regression_head.bbox_reg.weight, std=0.01)
     images = torch.rand(16, 3, 320, 320) if images is None else images
     return scale_outputs(calibrate(teacher, images), images), scale_outputs(calibrate(student, images), images)
 

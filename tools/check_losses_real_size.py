@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
 """Trains a real-size student with every distillation loss, label-free, for a few steps each, and
-checks the loss stays finite and goes down (the mean loss of the last epoch below the first's): torchvision FCOS-style detectors with random weights
-(the ResNet-50-FPN teacher and ResNet-18-FPN student of tools/bench_distill.py), on synthetic
-pictures without annotations (the teacher's detections serve as boxes where a loss needs them).
+checks that the loss stays finite and goes down: the mean loss of the last epoch (4 steps over the
+same images) below that of the first.
 
-usage: check_losses_real_size.py [--distill .build/release/distill] [--steps 12] [--batch 4] [--work DIR]
-Prints a table (first and last loss per method) and 'N passed, N failed'; exits 1 on any failure.
+Models: the FCOS-style ResNet-50-FPN teacher and ResNet-18-FPN student of tools/bench_distill.py
+(random weights; BatchNormalization statistics and output scales calibrated on the pictures, so
+that features and scores have a trained network's ranges and the teacher's detections can serve as
+pseudo-labels); for `ld` the same pair with GFL-style distribution boxes; for `detr` a DETR of real
+size (ResNet-50, 6 encoder and 6 decoder layers, teaching ResNet-18, 3 and 3; 100 queries of 256).
+Data: synthetic pictures (`distill data synth`) without annotations.
+
+usage: check_losses_real_size.py [--distill .build/release/distill] [--steps 12] [--batch 4] [--lr 0.01]
+                                 [--only mse,fgd,...] [--work DIR]
+Prints one line per method (epoch means, every term at the first and last step) and 'N passed,
+N failed'; exits 1 on any failure. About 1.5 minutes per method on 2 cores.
 """
 import argparse
 import glob
@@ -17,10 +25,11 @@ import sys
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_distill import build, export  # noqa: E402
+from bench_distill import build, calibrate, export  # noqa: E402
 
 LEVELS = ["p3", "p4", "p5"]
 HEAD = """  type: dense
@@ -48,7 +57,97 @@ LOSSES = {
     "gid": f"{{type: gid, {FEATURES}, response_reg_weight: 1.0}}",
     "mimic": f"{{type: mimic, {CLASSES}}}",
     "bounded_regression": "{type: bounded_regression, teacher: [box_0, box_1, box_2], student: [box_0, box_1, box_2]}",
+    "ld": "{type: ld, teacher: [box_0, box_1, box_2], student: [box_0, box_1, box_2], temperature: 10.0}",
+    "detr": "{type: detr, teacher: [enc], student: [enc], query_features: hidden, teacher_queries: query_embed, student_queries: query_embed}",
 }
+
+
+class Attention(torch.nn.Module):
+    """Multi-head scaled dot-product attention (queries [N, Q, D], keys and values [N, K, D])."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.out = (torch.nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, query, memory):
+        n, q, d = query.shape
+        split = lambda x: x.reshape(n, x.shape[1], self.heads, d // self.heads).transpose(1, 2)
+        weights = torch.softmax(split(self.q(query)) @ split(self.k(memory)).transpose(2, 3) / (d // self.heads) ** 0.5, -1)
+        return self.out((weights @ split(self.v(memory))).transpose(1, 2).reshape(n, q, d))
+
+
+class Block(torch.nn.Module):
+    """A post-norm transformer layer: self-attention, cross-attention to `memory` (decoder only), MLP."""
+
+    def __init__(self, width, heads, cross):
+        super().__init__()
+        self.attention, self.norm1 = Attention(width, heads), torch.nn.LayerNorm(width)
+        self.cross = Attention(width, heads) if cross else None
+        self.norm2 = torch.nn.LayerNorm(width)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.ReLU(), torch.nn.Linear(4 * width, width))
+        self.norm3 = torch.nn.LayerNorm(width)
+
+    def forward(self, x, memory=None):
+        x = self.norm1(x + self.attention(x, x))
+        if self.cross is not None:
+            x = self.norm2(x + self.cross(x, memory))
+        return self.norm3(x + self.mlp(x))
+
+
+class RealDETR(torch.nn.Module):
+    """A DETR of real size: a torchvision ResNet's C5 (stride 32) projected to 256 channels (`enc`,
+    [N, 256, 10, 10] at 320x320), a transformer encoder (`memory`, [N, 100, 256]), 100 learned
+    queries (`query_embed`) through decoder layers, each with the shared class (20, sigmoid) and box
+    (sigmoid cxcywh) heads (`logits_K`, `boxes_K`); `hidden` is the last decoder state."""
+
+    def __init__(self, backbone, channels, encoder_layers, decoder_layers, width=256, queries=100, classes=20):
+        super().__init__()
+        resnet = getattr(torchvision.models, backbone)(weights=None)
+        self.body = torch.nn.Sequential(*list(resnet.children())[:-2])
+        self.project = torch.nn.Conv2d(channels, width, 1)
+        self.position = torch.nn.Parameter(torch.randn(1, 100, width) * 0.02)
+        self.encoder = torch.nn.ModuleList(Block(width, 8, False) for _ in range(encoder_layers))
+        self.decoder = torch.nn.ModuleList(Block(width, 8, True) for _ in range(decoder_layers))
+        self.query_embed = torch.nn.Parameter(torch.randn(queries, width))
+        self.cls = torch.nn.Linear(width, classes)
+        self.box = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, 4))
+        self.decoder_layers = decoder_layers
+
+    def forward(self, images):
+        enc = self.project(self.body(images))
+        memory = enc.flatten(2).transpose(1, 2) + self.position
+        for block in self.encoder:
+            memory = block(memory)
+        h = self.query_embed.unsqueeze(0).expand(images.shape[0], -1, -1)
+        outputs = []
+        for block in self.decoder:
+            h = block(h, memory)
+            outputs += [self.cls(h), torch.sigmoid(self.box(h))]
+        return (*outputs, enc, memory, h)
+
+
+def export_detr(pictures, directory):
+    """teacher_detr.onnx (ResNet-50, 6 + 6 layers) and student_detr.onnx (ResNet-18, 3 + 3), BN
+    calibrated on `pictures`, class logits scaled so that a few queries score above 0.5."""
+    torch.manual_seed(0)
+    for name, model in [("teacher", RealDETR("resnet50", 2048, 6, 6)), ("student", RealDETR("resnet18", 512, 3, 3))]:
+        calibrate(model, pictures)
+        with torch.no_grad():
+            logits = model(pictures[:8])[-5]
+            model.cls.weight.mul_(1.5 / (logits - model.cls.bias).std().item())
+            model.cls.bias.fill_(-3.0)
+        layers = model.decoder_layers
+        names = [f"{kind}_{k}" for k in range(layers) for kind in ("logits", "boxes")] + ["enc", "memory", "hidden"]
+        torch.onnx.export(model, pictures[:1], os.path.join(directory, f"{name}_detr.onnx"), input_names=["images"], output_names=names,
+                          opset_version=17, dynamo=False, do_constant_folding=False,  # keeps `query_embed` by its name
+                          dynamic_axes={n: {0: "batch"} for n in ["images"] + names})
+
+
+def detr_head(layers):
+    aux = ", ".join(f"{{logits: logits_{k}, boxes: boxes_{k}}}" for k in range(layers - 1))
+    return (f"{{type: detr, num_classes: 20, activation: sigmoid, logits: logits_{layers - 1}, boxes: boxes_{layers - 1}, "
+            f"aux: [{aux}], score_threshold: 0.3, max_detections: 50}}")
 
 
 def main():
@@ -66,25 +165,34 @@ def main():
     if not os.path.exists(os.path.join(images, "train.json")):
         subprocess.run([args.distill, "data", "synth", "--out", images, "--images", str(4 * args.batch), "--seed", "3", "--size", "320",
                         "--overwrite"], check=True, capture_output=True)
-    if not os.path.exists(os.path.join(work, "student.onnx")):
-        files = sorted(glob.glob(os.path.join(images, "train", "*.png")) + glob.glob(os.path.join(images, "train", "*.jpg")))
-        pictures = [np.asarray(Image.open(f).convert("RGB").resize((320, 320), Image.BILINEAR), dtype=np.float32) / 255 for f in files]
-        teacher, student = build(torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).contiguous())
-        export(teacher, os.path.join(work, "teacher.onnx"))
-        export(student, os.path.join(work, "student.onnx"))
+    files = sorted(glob.glob(os.path.join(images, "train", "*.png")) + glob.glob(os.path.join(images, "train", "*.jpg")))
+    pictures = [np.asarray(Image.open(f).convert("RGB").resize((320, 320), Image.BILINEAR), dtype=np.float32) / 255 for f in files]
+    calibration = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).contiguous()
+    if (not args.only or "detr" in args.only.split(",")) and not os.path.exists(os.path.join(work, "student_detr.onnx")):
+        export_detr(calibration, work)
+    # `ld` needs distribution box outputs: a second pair with GFL-style boxes (17 bins per side).
+    for suffix, bins in [("", None), ("_dfl", 17)]:
+        if suffix and args.only and "ld" not in args.only.split(","):
+            continue
+        if not os.path.exists(os.path.join(work, f"student{suffix}.onnx")):
+            teacher, student = build(calibration, box_bins=bins)
+            export(teacher, os.path.join(work, f"teacher{suffix}.onnx"))
+            export(student, os.path.join(work, f"student{suffix}.onnx"))
     passed = failed = 0
     rows = []
     for name, loss in LOSSES.items():
         if args.only and name not in args.only.split(","):
             continue
         config = os.path.join(work, f"{name}.yaml")
+        pair = {"ld": "_dfl", "detr": "_detr"}.get(name, "")
+        head = {"_dfl": "head:\n" + HEAD.replace("box_format: ltrb", "box_format: dfl\n  reg_max: 16"),
+                "_detr": f"teacher_head: {detr_head(6)}\nstudent_head: {detr_head(3)}\n"}.get(pair, "head:\n" + HEAD)
         with open(config, "w") as f:
-            f.write(f"""teacher: teacher.onnx
-student: student.onnx
+            f.write(f"""teacher: teacher{pair}.onnx
+student: student{pair}.onnx
 data: {{images: data/train, size: [320, 320]}}
 bn: train
-head:
-{HEAD}losses:
+{head}losses:
   - {loss}
 train: {{steps: {args.steps}, batch: {args.batch}, optimizer: {{type: sgd, lr: {args.lr}, momentum: 0.9}}, schedule: {{type: constant}}, clip_grad_norm: 35}}
 output: runs/{name}
