@@ -5,7 +5,8 @@
 # (tools/requirements-torch.txt, .build-venv-torch/) for fixture generators and peer benchmarks.
 
 APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libopenblas-dev libonnx-dev libonnx-testdata \
-                libpng-dev libjpeg62-turbo-dev libcairo2-dev fonts-dejavu-core libopenmpi-dev openmpi-bin
+                libpng-dev libjpeg62-turbo-dev libcairo2-dev fonts-dejavu-core libopenmpi-dev openmpi-bin \
+                iproute2
 VENV := .build-venv
 PYTHON := $(VENV)/bin/python
 TORCH_VENV := .build-venv-torch

@@ -24,14 +24,15 @@ final class MPITrainTests: XCTestCase {
 
   struct Run {
     var status: Int32
+    var stdout: String
     var stderr: String
     var seconds: Double
     var timedOut: Bool
   }
 
   /// Runs `executable` to its end or for `timeout` seconds at most (then kills it), output in files
-  /// (no pipe to fill). `whileRunning` is called every 20 ms with the process; returning true stops
-  /// the calls.
+  /// (no pipe to fill) read back at the end. `whileRunning` is called every 20 ms with the process;
+  /// returning true stops the calls.
   func run(
     _ executable: String, _ arguments: [String], environment: [String: String] = [:], timeout: Double = 300,
     whileRunning: ((Process) -> Bool)? = nil
@@ -39,12 +40,18 @@ final class MPITrainTests: XCTestCase {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("mpi-run-\(getpid())")
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     let errorFile = directory.appendingPathComponent("stderr-\(UUID().uuidString)")
+    let outputFile = directory.appendingPathComponent("stdout-\(UUID().uuidString)")
     _ = FileManager.default.createFile(atPath: errorFile.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: outputFile.path, contents: nil)
+    defer {
+      try? FileManager.default.removeItem(at: errorFile)
+      try? FileManager.default.removeItem(at: outputFile)
+    }
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-    process.standardOutput = FileHandle.nullDevice
+    process.standardOutput = try FileHandle(forWritingTo: outputFile)
     process.standardError = try FileHandle(forWritingTo: errorFile)
     let start = Date()
     try process.run()
@@ -59,7 +66,9 @@ final class MPITrainTests: XCTestCase {
     }
     process.waitUntilExit()
     let stderr = (try? String(contentsOf: errorFile, encoding: .utf8)) ?? ""
-    return Run(status: process.terminationStatus, stderr: stderr, seconds: Date().timeIntervalSince(start), timedOut: timedOut)
+    let stdout = (try? String(contentsOf: outputFile, encoding: .utf8)) ?? ""
+    return Run(
+      status: process.terminationStatus, stdout: stdout, stderr: stderr, seconds: Date().timeIntervalSince(start), timedOut: timedOut)
   }
 
   func distillBinary() throws -> String {
@@ -178,14 +187,16 @@ final class MPITrainTests: XCTestCase {
   }
 
   /// One process, then the same config on `processes` processes; returns how far the weights are apart.
+  /// `launch` starts the parallel run on a config (by default `mpirun -np processes` on loopback).
   func compareWithOneProcess(
-    _ name: String, batchNormalization: String? = nil, batch: Int, steps: Int, processes: Int = 2
+    _ name: String, batchNormalization: String? = nil, batch: Int, steps: Int, processes: Int = 2,
+    launch: ((String) throws -> Run)? = nil
   ) throws -> (weights: (value: Double, tensor: String), one: [[String: Any]], many: [[String: Any]], moved: Double) {
     let single = try config(name + "-1", batchNormalization: batchNormalization, batch: batch, steps: steps)
     let one = try run(try distillBinary(), ["train", single.config])
     XCTAssertEqual(one.status, 0, one.stderr)
     let parallel = try config(name + "-\(processes)", batchNormalization: batchNormalization, batch: batch, steps: steps)
-    let many = try trainMPI(processes, [parallel.config])
+    let many = try launch.map { try $0(parallel.config) } ?? trainMPI(processes, [parallel.config])
     XCTAssertEqual(many.status, 0, many.stderr)
     XCTAssertFalse(many.timedOut)
     XCTAssertTrue(many.stderr.contains("data-parallel: \(processes) processes"), many.stderr)
