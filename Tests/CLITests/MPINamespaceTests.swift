@@ -148,9 +148,15 @@ extension MPITrainTests {
     assertTracesAgree(result.one, result.many)
     XCTAssertEqual(result.many.count, steps + 1)
     XCTAssertEqual(ranks, [0: 0, 1: 1], "one process in each namespace")
+    print("2 processes in 2 namespaces vs 1: weights within \(result.weights.value) (worst in \(result.weights.tensor))")
+    // Process 0 named its event file after its host, the first namespace (tools/netns-rsh sets it).
+    let output = FileManager.default.temporaryDirectory.appendingPathComponent("mpi-train-\(getpid())-netns-2/run").path
+    let events = try FileManager.default.contentsOfDirectory(atPath: output).filter { $0.hasPrefix("events.out.tfevents.") }
+    XCTAssertEqual(events.map { $0.hasSuffix("." + hosts.names[0]) }, [true], "\(events)")
 
-    // Every step sums at least the student's gradients (4 bytes a parameter) between the two
-    // processes, which in either direction crosses the veth.
+    // Every step sums the student's gradients (float32) over the two processes: whatever the
+    // algorithm, each must receive all of the other's values (or their sums), so at least 4 bytes a
+    // parameter a step cross the veth in each direction (plus headers, adapters and control).
     let parameters = try weights(fixtures.appendingPathComponent("heads/retinanet/model.onnx").path).values.reduce(0) { $0 + $1.count }
     let minimum = steps * parameters * 4
     for side in 0..<2 {
