@@ -18,12 +18,14 @@ struct NetworkNamespaces {
   static func ip(_ ip: String, _ arguments: [String], in test: MPITrainTests) throws -> String {
     let result = try test.run(ip, arguments, timeout: 10)
     guard result.status == 0, !result.timedOut else {
-      throw NamespaceError("ip \(arguments.joined(separator: " ")): \(result.timedOut ? "timed out" : "exit \(result.status)") \(result.stderr)")
+      let cause = result.timedOut ? "timed out" : "exit \(result.status), \(result.stderr.trimmingCharacters(in: .whitespacesAndNewlines))"
+      throw NamespaceError("ip \(arguments.joined(separator: " ")): \(cause)")
     }
     return result.stdout
   }
 
-  /// The pair, or a skip saying why it cannot be made here (no `ip`, no CAP_NET_ADMIN, no veth).
+  /// The pair, or a skip saying why it cannot be made here (no `ip`, no CAP_SYS_ADMIN or
+  /// CAP_NET_ADMIN, no veth driver).
   static func make(for test: MPITrainTests) throws -> NetworkNamespaces {
     let directories = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
     guard let ip = directories.map({ $0 + "/ip" }).first(where: FileManager.default.isExecutableFile(atPath:)) else {
@@ -36,7 +38,7 @@ struct NetworkNamespaces {
       for name in pair.names { try Self.ip(ip, ["netns", "add", name], in: test) }
     } catch {
       pair.remove(test)
-      throw XCTSkip("cannot create network namespaces here (needs CAP_NET_ADMIN, e.g. root outside a restricted container): \(error)")
+      throw XCTSkip("cannot create network namespaces here (needs CAP_SYS_ADMIN and CAP_NET_ADMIN, as root outside a restricted container has): \(error)")
     }
     do {
       try Self.ip(ip, ["link", "add", pair.interfaces[0], "type", "veth", "peer", "name", pair.interfaces[1]], in: test)
