@@ -187,6 +187,13 @@ struct Conv: Operator {
             Conv.finish(py.baseAddress!, bias: bias?.floats, filters: filters, planes: batch * filters, size: g.outputSize, epilogue)
           } else {
             (bias?.floats ?? []).withUnsafeBufferPointer { pb in
+              if group == 1 && g.spatialRank == 2
+                && DNNL.convolution(
+                  DNNL.Shape(batch: batch, channels: channels, filters: filters, g), px.baseAddress!, pw.baseAddress!,
+                  bias: bias == nil ? nil : pb.baseAddress!, py.baseAddress!, accumulate: accumulate, activation: epilogue)
+              {
+                return
+              }
               Conv.gemmConvolution(
                 px.baseAddress!, pw.baseAddress!, py.baseAddress!, batch: batch, channels: channels, filters: filters, group: group,
                 accumulate: accumulate, bias: bias == nil ? nil : pb.baseAddress!, activation: epilogue, g)
@@ -636,6 +643,13 @@ extension Conv: DifferentiableOperator {
                 Conv.depthwise2DBackward(
                   px.baseAddress!, pw.baseAddress!, pdy.baseAddress!, pdx.baseAddress!, pdw.baseAddress!, batch: batch,
                   channels: channels, filters: filters, g)
+                return
+              }
+              if group == 1 && g.spatialRank == 2
+                && DNNL.convolutionBackward(
+                  DNNL.Shape(batch: batch, channels: channels, filters: filters, g), px.baseAddress!, pw.baseAddress!, pdy.baseAddress!,
+                  context.needsGradient(0) ? pdx.baseAddress! : nil, pdw.baseAddress!)
+              {
                 return
               }
               Conv.gemmBackward(
