@@ -93,6 +93,32 @@ public enum DNNL {
     return Runtime(engine: engine, stream: stream)
   }()
 
+  /// Weights already in a forward plan's layout, by plan and by address of the plain weights,
+  /// which each entry keeps alive: while it does, no other array can take that address, and the
+  /// contents cannot change (a write to a shared array copies it first).
+  private struct PackedKey: Hashable {
+    let plan: ObjectIdentifier
+    let address: UnsafeRawPointer
+  }
+
+  private final class Packed {
+    let source: [Float]
+    let data: UnsafeMutableRawPointer
+    let bytes: Int
+
+    init(source: [Float], bytes: Int) {
+      (self.source, self.bytes) = (source, bytes)
+      data = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 64), alignment: 64)
+    }
+
+    deinit { data.deallocate() }
+  }
+
+  nonisolated(unsafe) private static var packed: [PackedKey: Packed] = [:]
+  nonisolated(unsafe) private static var packedBytes = 0
+  /// Bound on the packed weights kept; the cache starts over beyond it.
+  private static let packedBudget = 512 << 20
+
   private static let lock = NSLock()
   /// nil records a shape oneDNN has no kernel for.
   nonisolated(unsafe) private static var forwardPlans: [PlanKey: ForwardPlan?] = [:]
@@ -101,10 +127,11 @@ public enum DNNL {
   // MARK: Running
 
   /// `y = activation(conv(x, w) + bias [+ y's contents when accumulate])`; false (nothing written)
-  /// when oneDNN is off or has no kernel for this shape.
+  /// when oneDNN is off or has no kernel for this shape. With `constantWeights` (`w` is their
+  /// storage), the weights are reordered once and kept for later calls with the same array.
   static func convolution(
     _ shape: Shape, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>,
-    accumulate: Bool, activation: FusedActivation
+    accumulate: Bool, activation: FusedActivation, constantWeights: [Float]? = nil
   ) -> Bool {
     guard enabled, let runtime else { return false }
     lock.lock()
@@ -117,7 +144,21 @@ public enum DNNL {
     var scratch: [() -> Void] = []
     defer { for release in scratch { release() } }
     let source = input(plan.source, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
-    let weights = input(plan.weights, UnsafeMutableRawPointer(mutating: w), runtime, &scratch)
+    var weights: dnnl_memory_t
+    if let constantWeights, plan.weights.isReordered {
+      let key = PackedKey(plan: ObjectIdentifier(plan), address: UnsafeRawPointer(w))
+      if packed[key] == nil {
+        let entry = Packed(source: constantWeights, bytes: plan.weights.bytes)
+        if packedBytes + entry.bytes > packedBudget { (packed, packedBytes) = ([:], 0) }
+        (packed[key], packedBytes) = (entry, packedBytes + entry.bytes)
+        var plain = plan.weights.plain
+        let user = memory(&plain, UnsafeMutableRawPointer(mutating: w), runtime, &scratch)
+        execute(plan.weights.toChosen!, [(argumentSource, user), (argumentDestination, memory(&plan.weights.chosen, entry.data, runtime, &scratch))], runtime)
+      }
+      weights = memory(&plan.weights.chosen, packed[key]!.data, runtime, &scratch)
+    } else {
+      weights = input(plan.weights, UnsafeMutableRawPointer(mutating: w), runtime, &scratch)
+    }
     arguments += [(argumentSource, source), (argumentWeights, weights)]
     if let bias, var descriptor = plan.bias {
       arguments.append((argumentBias, memory(&descriptor, UnsafeMutableRawPointer(mutating: bias), runtime, &scratch)))

@@ -190,7 +190,8 @@ struct Conv: Operator {
               if group == 1 && g.spatialRank == 2
                 && DNNL.convolution(
                   DNNL.Shape(batch: batch, channels: channels, filters: filters, g), px.baseAddress!, pw.baseAddress!,
-                  bias: bias == nil ? nil : pb.baseAddress!, py.baseAddress!, accumulate: accumulate, activation: epilogue)
+                  bias: bias == nil ? nil : pb.baseAddress!, py.baseAddress!, accumulate: accumulate, activation: epilogue,
+                  constantWeights: context.training ? nil : w.floats)
               {
                 return
               }
