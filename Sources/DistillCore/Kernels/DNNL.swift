@@ -68,6 +68,10 @@ public enum DNNL {
     let dataGradient, dataWeights, dataOutputGradient: Operand
     let weights: dnnl_primitive_t
     let weightsGradient, weightsSource, weightsOutputGradient: Operand
+    var sameOutputGradientLayout: Bool {
+      var (a, b) = (dataOutputGradient.chosen, weightsOutputGradient.chosen)
+      return dnnl_memory_desc_equal(&a, &b) != 0
+    }
 
     init(
       data: dnnl_primitive_t, dataGradient: Operand, dataWeights: Operand, dataOutputGradient: Operand, weights: dnnl_primitive_t,
@@ -186,14 +190,19 @@ public enum DNNL {
     var scratch: [() -> Void] = []
     defer { for release in scratch { release() } }
     let gradient = UnsafeMutableRawPointer(mutating: dy)
+    var reordered: dnnl_memory_t?
     if let dx {
       let outputGradient = input(plan.dataOutputGradient, gradient, runtime, &scratch)
+      reordered = outputGradient
       let weights = input(plan.dataWeights, UnsafeMutableRawPointer(mutating: w), runtime, &scratch)
       let result = output(plan.dataGradient, dx, seeded: false, runtime, &scratch)
       execute(plan.data, [(argumentOutputGradient, outputGradient), (argumentWeights, weights), (argumentSourceGradient, result.chosen)], runtime)
       result.finish()
     }
-    let outputGradient = input(plan.weightsOutputGradient, gradient, runtime, &scratch)
+    // Both primitives often want dY in the same layout: reordered once then.
+    let outputGradient =
+      plan.sameOutputGradientLayout ? reordered ?? input(plan.weightsOutputGradient, gradient, runtime, &scratch)
+      : input(plan.weightsOutputGradient, gradient, runtime, &scratch)
     let source = input(plan.weightsSource, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
     let result = output(plan.weightsGradient, dw, seeded: false, runtime, &scratch)
     execute(plan.weights, [(argumentOutputGradient, outputGradient), (argumentSource, source), (argumentWeightsGradient, result.chosen)], runtime)

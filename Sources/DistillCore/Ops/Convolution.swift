@@ -174,8 +174,11 @@ struct Conv: Operator {
         y = [Float](repeating: 0, count: shape.reduce(1, *))
         broadcastResidual = other
       }
-    } else {
+    } else if group == channels && w.shape[1] == 1 && g.spatialRank == 2 {
       y = [Float](repeating: 0, count: shape.reduce(1, *))
+    } else {
+      // Both gemm paths write every element (sgemm with beta 0, or oneDNN).
+      y = [Float](unsafeUninitializedCapacity: shape.reduce(1, *)) { _, count in count = shape.reduce(1, *) }
     }
     let accumulate = residual && broadcastResidual == nil
     let epilogue: FusedActivation = broadcastResidual == nil ? activation : .none

@@ -93,12 +93,22 @@ struct Unary: Operator {
       }
       return [Tensor(shape: x.shape, ints: ints, dtype: x.dtype).normalized()]
     }
-    let f = function()
-    var y = x
-    y.floats.withUnsafeMutableBufferPointer { buffer in
-      for index in buffer.indices { buffer[index] = f(buffer[index]) }
+    let f = function(), relu = op == "Relu"
+    let count = x.count
+    let values = [Float](unsafeUninitializedCapacity: count) { out, initialized in
+      x.floats.withUnsafeBufferPointer { source in
+        let (s, d) = (source.baseAddress!, out.baseAddress!)
+        Parallel.forEachRange(count, work: count) { range in
+          if relu {
+            for i in range { d[i] = max(s[i], 0) }
+          } else {
+            for i in range { d[i] = f(s[i]) }
+          }
+        }
+      }
+      initialized = count
     }
-    return [y.normalized()]
+    return [Tensor(shape: x.shape, floats: values, dtype: x.dtype).normalized()]
   }
 
   /// The scalar function this op applies.
