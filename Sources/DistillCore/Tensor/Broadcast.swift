@@ -28,11 +28,10 @@ public enum Broadcast {
   }
 
   /// Calls `body(outputIndex, aIndex, bIndex, count, aStep, bStep)` for runs along the last axis
-  /// of `target`, where a and b are read with the given broadcast strides; with `rows`, only for
-  /// those runs (numbered in order).
+  /// of `target`, where a and b are read with the given broadcast strides.
   @inline(__always)
   public static func forEachRow(
-    _ target: [Int], _ aStrides: [Int], _ bStrides: [Int], rows: Range<Int>? = nil, _ body: (Int, Int, Int, Int, Int, Int) -> Void
+    _ target: [Int], _ aStrides: [Int], _ bStrides: [Int], _ body: (Int, Int, Int, Int, Int, Int) -> Void
   ) {
     let rank = target.count
     let total = target.reduce(1, *)
@@ -45,18 +44,7 @@ public enum Broadcast {
     let aStep = aStrides[rank - 1], bStep = bStrides[rank - 1]
     var counter = [Int](repeating: 0, count: rank)
     var aBase = 0, bBase = 0, out = 0
-    let end = rows.map { $0.upperBound * inner } ?? total
-    if let first = rows?.lowerBound, first > 0 {
-      var rest = first
-      for axis in stride(from: rank - 2, through: 0, by: -1) {
-        counter[axis] = rest % target[axis]
-        rest /= target[axis]
-        aBase += counter[axis] * aStrides[axis]
-        bBase += counter[axis] * bStrides[axis]
-      }
-      out = first * inner
-    }
-    while out < end {
+    while out < total {
       body(out, aBase, bBase, inner, aStep, bStep)
       out += inner
       var axis = rank - 2
@@ -78,28 +66,19 @@ public enum Broadcast {
   public static func apply<T, U>(_ a: [T], _ aShape: [Int], _ b: [T], _ bShape: [Int], _ op: (T, T) -> U) -> ([U], [Int])? {
     guard let target = shape([aShape, bShape]) else { return nil }
     let total = target.reduce(1, *)
-    guard total > 0 else { return ([], target) }
-    let same = aShape == bShape
-    let aStrides = same ? [] : strides(of: aShape, broadcastTo: target), bStrides = same ? [] : strides(of: bShape, broadcastTo: target)
-    let inner = target.last ?? 1
+    if aShape == bShape {
+      return (a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in (0..<total).map { op(pa[$0], pb[$0]) } } }, target)
+    }
+    let aStrides = strides(of: aShape, broadcastTo: target), bStrides = strides(of: bShape, broadcastTo: target)
     let result = [U](unsafeUninitializedCapacity: total) { out, initialized in
       a.withUnsafeBufferPointer { pa in
         b.withUnsafeBufferPointer { pb in
-          let (pa, pb, po) = (pa.baseAddress!, pb.baseAddress!, out.baseAddress!)
-          if same {
-            Parallel.forEachRange(total, work: total) { range in
-              for i in range { (po + i).initialize(to: op(pa[i], pb[i])) }
-            }
-            return
-          }
-          Parallel.forEachRange(inner == 0 ? 0 : total / inner, work: total) { rows in
-            forEachRow(target, aStrides, bStrides, rows: rows) { o, ia, ib, count, sa, sb in
-              var ia = ia, ib = ib
-              for k in 0..<count {
-                (po + o + k).initialize(to: op(pa[ia], pb[ib]))
-                ia += sa
-                ib += sb
-              }
+          forEachRow(target, aStrides, bStrides) { o, ia, ib, count, sa, sb in
+            var ia = ia, ib = ib
+            for k in 0..<count {
+              (out.baseAddress! + o + k).initialize(to: op(pa[ia], pb[ib]))
+              ia += sa
+              ib += sb
             }
           }
         }
