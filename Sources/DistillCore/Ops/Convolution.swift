@@ -178,7 +178,7 @@ struct Conv: Operator {
       y = [Float](repeating: 0, count: shape.reduce(1, *))
     } else {
       // Both gemm paths write every element (sgemm with beta 0, or oneDNN).
-      y = [Float](unsafeUninitializedCapacity: shape.reduce(1, *)) { _, count in count = shape.reduce(1, *) }
+      y = uninitializedFloats(shape.reduce(1, *))
     }
     let accumulate = residual && broadcastResidual == nil
     let epilogue: FusedActivation = broadcastResidual == nil ? activation : .none
@@ -622,22 +622,34 @@ extension Conv: DifferentiableOperator {
     // residual receives that gradient as it is (the tape sums it down if it broadcast).
     if activation != .none {
       let y = outputs[0].floats
-      dy.floats.withUnsafeMutableBufferPointer { g in
-        switch activation {
-        case .none: break
-        case .relu: for i in g.indices where y[i] <= 0 { g[i] = 0 }
-        case .leakyRelu(let alpha): for i in g.indices where y[i] < 0 { g[i] *= alpha }
-        case .clip(let low, let high): for i in g.indices where y[i] <= low || y[i] >= high { g[i] = 0 }
+      let count = dy.count
+      let masked = [Float](unsafeUninitializedCapacity: count) { out, initialized in
+        dy.floats.withUnsafeBufferPointer { source in
+          y.withUnsafeBufferPointer { result in
+            let (g, y, o) = (source.baseAddress!, result.baseAddress!, out.baseAddress!)
+            Parallel.forEachRange(count, work: count) { range in
+              switch activation {
+              case .none: for i in range { o[i] = g[i] }
+              case .relu: for i in range { o[i] = y[i] > 0 ? g[i] : 0 }
+              case .leakyRelu(let alpha): for i in range { o[i] = y[i] < 0 ? g[i] * alpha : g[i] }
+              case .clip(let low, let high): for i in range { o[i] = y[i] <= low || y[i] >= high ? 0 : g[i] }
+              }
+            }
+          }
         }
+        initialized = count
       }
+      dy.floats = masked
     }
     let residualGradient: Tensor? = residual ? dy : nil
     let g = try geometry(x, w, context)
     let group = attributes.group
     let (batch, channels, filters) = (x.shape[0], x.shape[1], w.shape[0])
-    var dx = [Float](repeating: 0, count: x.count)
-    var dw = [Float](repeating: 0, count: w.count)
+    // oneDNN writes every element of both; the other paths accumulate into zeros.
     let depthwise = group == channels && w.shape[1] == 1 && g.spatialRank == 2
+    let onDNNL = group == 1 && g.spatialRank == 2 && DNNL.enabled
+    var dx = onDNNL && context.needsGradient(0) ? uninitializedFloats(x.count) : [Float](repeating: 0, count: x.count)
+    var dw = onDNNL ? uninitializedFloats(w.count) : [Float](repeating: 0, count: w.count)
     x.floats.withUnsafeBufferPointer { px in
       w.floats.withUnsafeBufferPointer { pw in
         dy.floats.withUnsafeBufferPointer { pdy in
@@ -649,12 +661,15 @@ extension Conv: DifferentiableOperator {
                   channels: channels, filters: filters, g)
                 return
               }
-              if group == 1 && g.spatialRank == 2
-                && DNNL.convolutionBackward(
+              if onDNNL {
+                if DNNL.convolutionBackward(
                   DNNL.Shape(batch: batch, channels: channels, filters: filters, g), px.baseAddress!, pw.baseAddress!, pdy.baseAddress!,
                   context.needsGradient(0) ? pdx.baseAddress! : nil, pdw.baseAddress!)
-              {
-                return
+                {
+                  return
+                }
+                pdx.update(repeating: 0)
+                pdw.update(repeating: 0)
               }
               Conv.gemmBackward(
                 px.baseAddress!, pw.baseAddress!, pdy.baseAddress!, context.needsGradient(0) ? pdx.baseAddress! : nil,
@@ -733,20 +748,35 @@ extension Conv: DifferentiableOperator {
     }
   }
 
-  /// Per-filter sums of an [N, M, size] gradient (the bias gradient).
+  /// Per-filter sums of an [N, M, size] gradient (the bias gradient), filters in parallel, each
+  /// plane over eight interleaved partial sums.
   static func sumPlanes(_ values: [Float], batch: Int, filters: Int, size: Int) -> [Float] {
-    var sums = [Float](repeating: 0, count: filters)
-    values.withUnsafeBufferPointer { p in
-      for n in 0..<batch {
-        for m in 0..<filters {
-          let row = p.baseAddress! + (n * filters + m) * size
-          var total: Float = 0
-          for i in 0..<size { total += row[i] }
-          sums[m] += total
+    [Float](unsafeUninitializedCapacity: filters) { sums, initialized in
+      values.withUnsafeBufferPointer { p in
+        Parallel.forEachRange(filters, work: values.count) { range in
+          for m in range {
+            var total: Float = 0
+            for n in 0..<batch {
+              let row = p.baseAddress! + (n * filters + m) * size
+              var partial = SIMD8<Float>()
+              var i = 0
+              while i + 8 <= size {
+                partial += UnsafeRawPointer(row + i).loadUnaligned(as: SIMD8<Float>.self)
+                i += 8
+              }
+              var rest: Float = 0
+              while i < size {
+                rest += row[i]
+                i += 1
+              }
+              total += partial.sum() + rest
+            }
+            sums[m] = total
+          }
         }
       }
+      initialized = filters
     }
-    return sums
   }
 
   /// Adds each row of `col` back onto the image positions its im2col row read from.

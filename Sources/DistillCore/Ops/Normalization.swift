@@ -12,7 +12,7 @@ let normalizationOperators: [(String, any Operator.Type)] = [
 
 /// An array of `count` floats left uninitialized, for outputs whose every element gets written
 /// (skips a zeroing pass over memory the kernel overwrites anyway).
-private func uninitializedFloats(_ count: Int) -> [Float] {
+func uninitializedFloats(_ count: Int) -> [Float] {
   [Float](unsafeUninitializedCapacity: count) { $1 = count }
 }
 
