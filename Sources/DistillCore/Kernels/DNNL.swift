@@ -5,7 +5,8 @@ import Foundation
 /// residual and activation, and backward to the data and the weights, on NCHW float tensors.
 ///
 /// oneDNN picks its kernels for this CPU when a convolution is first planned (AVX2, AVX-512...)
-/// and runs them on its OpenMP threads, `Parallel.threads` of them. Its fast kernels want blocked
+/// and runs them on its OpenMP threads, `Parallel.threads` of them (they spin a little after each
+/// call; OMP_WAIT_POLICY=passive measured slower here). Its fast kernels want blocked
 /// layouts (channels in blocks of 8 or 16): operands are reordered into them and results back
 /// around each call. Plans are kept per shape, built on first use.
 public enum DNNL {

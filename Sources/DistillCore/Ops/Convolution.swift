@@ -1,5 +1,6 @@
-// Conv, ConvTranspose, Gemm and MatMul, all on OpenBLAS sgemm: 1x1 convolutions are plain
-// matrix products, k x k ones go through im2col, depthwise ones run a direct loop.
+// Conv, ConvTranspose, Gemm and MatMul. Convolutions with one group and two spatial axes run on
+// oneDNN (Kernels/DNNL.swift) when it is enabled; the rest on OpenBLAS sgemm: 1x1 convolutions are
+// plain matrix products, k x k ones go through im2col, depthwise ones run a direct loop.
 // Specs: https://onnx.ai/onnx/operators/onnx__Conv.html and the pages of the other ops.
 
 let convolutionOperators: [(String, any Operator.Type)] = [
