@@ -58,9 +58,14 @@ public enum DNNL {
     let primitive: dnnl_primitive_t
     let source, weights, destination: Operand
     let bias: dnnl_memory_desc_t?
+    var scratchpad: dnnl_memory_desc_t
 
-    init(primitive: dnnl_primitive_t, source: Operand, weights: Operand, destination: Operand, bias: dnnl_memory_desc_t?) {
+    init(
+      primitive: dnnl_primitive_t, source: Operand, weights: Operand, destination: Operand, bias: dnnl_memory_desc_t?,
+      scratchpad: dnnl_memory_desc_t
+    ) {
       (self.primitive, self.source, self.weights, self.destination, self.bias) = (primitive, source, weights, destination, bias)
+      self.scratchpad = scratchpad
     }
   }
 
@@ -69,6 +74,7 @@ public enum DNNL {
     let dataGradient, dataWeights, dataOutputGradient: Operand
     let weights: dnnl_primitive_t
     let weightsGradient, weightsSource, weightsOutputGradient: Operand
+    var dataScratchpad = dnnl_memory_desc_t(), weightsScratchpad = dnnl_memory_desc_t()
     var sameOutputGradientLayout: Bool {
       var (a, b) = (dataOutputGradient.chosen, weightsOutputGradient.chosen)
       return dnnl_memory_desc_equal(&a, &b) != 0
@@ -170,6 +176,7 @@ public enum DNNL {
     }
     let destination = output(plan.destination, y, seeded: accumulate, runtime, &scratch)
     arguments.append((argumentDestination, destination.chosen))
+    arguments.append((argumentScratchpad, memory(&plan.scratchpad, nil, runtime, &scratch)))
     execute(plan.primitive, arguments, runtime)
     destination.finish()
     dnnl_stream_wait(runtime.stream)
@@ -197,7 +204,12 @@ public enum DNNL {
       reordered = outputGradient
       let weights = input(plan.dataWeights, UnsafeMutableRawPointer(mutating: w), runtime, &scratch)
       let result = output(plan.dataGradient, dx, seeded: false, runtime, &scratch)
-      execute(plan.data, [(argumentOutputGradient, outputGradient), (argumentWeights, weights), (argumentSourceGradient, result.chosen)], runtime)
+      execute(
+        plan.data,
+        [
+          (argumentOutputGradient, outputGradient), (argumentWeights, weights), (argumentSourceGradient, result.chosen),
+          (argumentScratchpad, memory(&plan.dataScratchpad, nil, runtime, &scratch)),
+        ], runtime)
       result.finish()
     }
     // Both primitives often want dY in the same layout: reordered once then.
@@ -206,13 +218,21 @@ public enum DNNL {
       : input(plan.weightsOutputGradient, gradient, runtime, &scratch)
     let source = input(plan.weightsSource, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
     let result = output(plan.weightsGradient, dw, seeded: false, runtime, &scratch)
-    execute(plan.weights, [(argumentOutputGradient, outputGradient), (argumentSource, source), (argumentWeightsGradient, result.chosen)], runtime)
+    execute(
+      plan.weights,
+      [
+        (argumentOutputGradient, outputGradient), (argumentSource, source), (argumentWeightsGradient, result.chosen),
+        (argumentScratchpad, memory(&plan.weightsScratchpad, nil, runtime, &scratch)),
+      ], runtime)
     result.finish()
     dnnl_stream_wait(runtime.stream)
     return true
   }
 
   private static let argumentSource: Int32 = 1, argumentDestination: Int32 = 17, argumentWeights: Int32 = 33, argumentBias: Int32 = 41
+  /// Scratch space a primitive asks for: allocated around each call (`dnnl_scratchpad_mode_user`)
+  /// rather than kept by every primitive for the life of the process.
+  private static let argumentScratchpad: Int32 = 80
   private static let argumentSourceGradient: Int32 = 129, argumentOutputGradient: Int32 = 145, argumentWeightsGradient: Int32 = 161
 
   /// A memory object over `data` (allocated here when nil); `scratch` receives its release.
@@ -338,6 +358,7 @@ public enum DNNL {
     case .clip(let low, let high): check(dnnl_post_ops_append_eltwise(postOps, 1, dnnl_eltwise_clip, low, high), "post_ops_append_eltwise")
     }
     check(dnnl_primitive_attr_set_post_ops(attributes, postOps), "primitive_attr_set_post_ops")
+    check(dnnl_primitive_attr_set_scratchpad_mode(attributes, dnnl_scratchpad_mode_user), "primitive_attr_set_scratchpad_mode")
     guard let description = forwardDescription(shape, kind: dnnl_forward_inference, bias: bias, attributes: attributes, runtime) else {
       return nil
     }
@@ -350,7 +371,7 @@ public enum DNNL {
     else { return nil }
     return ForwardPlan(
       primitive: primitive, source: source, weights: weights, destination: destination,
-      bias: bias ? descriptor([shape.filters], dnnl_x) : nil)
+      bias: bias ? descriptor([shape.filters], dnnl_x) : nil, scratchpad: chosen(description, dnnl_query_scratchpad_md))
   }
 
   private static func backwardPlan(_ shape: Shape, _ runtime: Runtime) -> BackwardPlan? {
@@ -359,9 +380,15 @@ public enum DNNL {
     else { return nil }
     defer { dnnl_primitive_desc_destroy(hint) }
     let g = geometry(shape)
+    var attributes: dnnl_primitive_attr_t?
+    guard dnnl_primitive_attr_create(&attributes) == dnnl_success else { return nil }
+    defer { dnnl_primitive_attr_destroy(attributes) }
+    check(dnnl_primitive_attr_set_scratchpad_mode(attributes, dnnl_scratchpad_mode_user), "primitive_attr_set_scratchpad_mode")
     func create(_ operation: inout dnnl_convolution_desc_t) -> (dnnl_primitive_desc_t, dnnl_primitive_t)? {
       var description: dnnl_primitive_desc_t?, primitive: dnnl_primitive_t?
-      guard dnnl_primitive_desc_create(&description, &operation, nil, runtime.engine, hint) == dnnl_success, let description else { return nil }
+      guard dnnl_primitive_desc_create(&description, &operation, attributes, runtime.engine, hint) == dnnl_success, let description else {
+        return nil
+      }
       guard dnnl_primitive_create(&primitive, description) == dnnl_success, let primitive else {
         dnnl_primitive_desc_destroy(description)
         return nil
@@ -386,8 +413,11 @@ public enum DNNL {
       let weightsSource = Operand(plain[0], chosen(weightsDescription, dnnl_query_src_md)),
       let weightsOutputGradient = Operand(plain[2], chosen(weightsDescription, dnnl_query_diff_dst_md))
     else { return nil }
-    return BackwardPlan(
+    let plan = BackwardPlan(
       data: data, dataGradient: dataGradient, dataWeights: dataWeights, dataOutputGradient: dataOutputGradient, weights: weights,
       weightsGradient: weightsGradient, weightsSource: weightsSource, weightsOutputGradient: weightsOutputGradient)
+    plan.dataScratchpad = chosen(dataDescription, dnnl_query_scratchpad_md)
+    plan.weightsScratchpad = chosen(weightsDescription, dnnl_query_scratchpad_md)
+    return plan
   }
 }
