@@ -4,7 +4,7 @@
 # Python is never modified. `make torch-deps` adds the optional PyTorch environment
 # (tools/requirements-torch.txt, .build-venv-torch/) for fixture generators and peer benchmarks.
 
-APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libopenblas-dev libonnx-dev libonnx-testdata \
+APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libopenblas-dev libdnnl-dev libonnx-dev libonnx-testdata \
                 libpng-dev libjpeg62-turbo-dev libcairo2-dev fonts-dejavu-core libopenmpi-dev openmpi-bin \
                 iproute2
 VENV := .build-venv

@@ -163,6 +163,65 @@ final class InterpreterTests: XCTestCase {
   }
 }
 
+extension InterpreterTests {
+  /// oneDNN's convolutions (forward with fused residual and activation, backward) agree with the
+  /// im2col + OpenBLAS path, and weights it keeps packed between runs follow `setParameter`.
+  func testOneDNNConvolutionMatchesOpenBLASAndFollowsNewWeights() throws {
+    var graph = Graph()
+    graph.name = "conv_residual_relu"
+    graph.nodes = [
+      Node(name: "conv", opType: "Conv", inputs: ["x", "w", "b"], outputs: ["c"], attributes: [Attribute(name: "pads", value: .ints([1, 1, 1, 1]))]),
+      Node(name: "add", opType: "Add", inputs: ["c", "r"], outputs: ["s"]),
+      Node(name: "relu", opType: "Relu", inputs: ["s"], outputs: ["y"]),
+    ]
+    var state: UInt32 = 7
+    func random(_ count: Int) -> [Float] {
+      (0..<count).map { _ in
+        state = state &* 1_664_525 &+ 1_013_904_223
+        return Float(state >> 8) / Float(1 << 24) - 0.5
+      }
+    }
+    func initializer(_ name: String, _ dims: [Int64], _ values: [Float]) -> TensorValue {
+      TensorValue(name: name, dataType: .float, dims: dims, bytes: values.withUnsafeBytes { Array($0) })
+    }
+    graph.inputs = [tensorInput("x", .float, [2, 16, 12, 12]), tensorInput("r", .float, [2, 32, 12, 12])]
+    graph.initializers = [initializer("w", [32, 16, 3, 3], random(32 * 16 * 9)), initializer("b", [32], random(32))]
+    graph.outputs = [ValueInfo(name: "y")]
+    var model = Model()
+    model.irVersion = 8
+    model.opsetImports = [OperatorSetID(domain: "", version: 17)]
+    model.graph = graph
+    let feeds = ["x": Tensor(shape: [2, 16, 12, 12], floats: random(2 * 16 * 144)), "r": Tensor(shape: [2, 32, 12, 12], floats: random(2 * 32 * 144))]
+    let seed = Tensor(shape: [2, 32, 12, 12], floats: random(2 * 32 * 144))
+    let interpreter = try Interpreter(model: model)
+    let training = try Interpreter(model: model, fuse: true)
+    func close(_ a: Tensor, _ b: Tensor, _ what: String) {
+      XCTAssertEqual(a.shape, b.shape, what)
+      let worst = zip(a.floats, b.floats).map { abs($0 - $1) / (1e-4 + 1e-3 * abs($1)) }.max() ?? 0
+      XCTAssertLessThanOrEqual(worst, 1, "\(what): error \(worst) times the tolerance")
+    }
+    func pass() throws -> (y: Tensor, gradients: [String: Tensor]) {
+      let y = try interpreter.run(feeds).outputs[0]
+      let gradients = try training.record(feeds).gradients(seeds: ["y": seed], targets: ["x", "w", "b", "r"])
+      return (y, gradients)
+    }
+    defer { DNNL.enabled = true }
+    for round in 0..<2 {
+      if round == 1 {
+        let w = Tensor(shape: [32, 16, 3, 3], floats: random(32 * 16 * 9))
+        try interpreter.setParameter("w", w)
+        try training.setParameter("w", w)
+      }
+      DNNL.enabled = true
+      let fast = try pass()
+      DNNL.enabled = false
+      let reference = try pass()
+      close(fast.y, reference.y, "y, round \(round)")
+      for name in ["x", "w", "b", "r"] { close(fast.gradients[name]!, reference.gradients[name]!, "d\(name), round \(round)") }
+    }
+  }
+}
+
 /// `Tape.replay` and `Tape.replayGradients`: a replaced value is a constant of the replay, and
 /// gradients reach the nodes the replay skipped through the base pass's seeds.
 final class ReplayTests: XCTestCase {

@@ -1,5 +1,6 @@
-// Conv, ConvTranspose, Gemm and MatMul, all on OpenBLAS sgemm: 1x1 convolutions are plain
-// matrix products, k x k ones go through im2col, depthwise ones run a direct loop.
+// Conv, ConvTranspose, Gemm and MatMul. Convolutions with one group and two spatial axes run on
+// oneDNN (Kernels/DNNL.swift) when it is enabled; the rest on OpenBLAS sgemm: 1x1 convolutions are
+// plain matrix products, k x k ones go through im2col, depthwise ones run a direct loop.
 // Specs: https://onnx.ai/onnx/operators/onnx__Conv.html and the pages of the other ops.
 
 let convolutionOperators: [(String, any Operator.Type)] = [
@@ -174,104 +175,140 @@ struct Conv: Operator {
         y = [Float](repeating: 0, count: shape.reduce(1, *))
         broadcastResidual = other
       }
-    } else {
+    } else if group == channels && w.shape[1] == 1 && g.spatialRank == 2 {
       y = [Float](repeating: 0, count: shape.reduce(1, *))
+    } else {
+      // Both gemm paths write every element (sgemm with beta 0, or oneDNN).
+      y = uninitializedFloats(shape.reduce(1, *))
     }
     let accumulate = residual && broadcastResidual == nil
+    let epilogue: FusedActivation = broadcastResidual == nil ? activation : .none
     x.floats.withUnsafeBufferPointer { px in
       w.floats.withUnsafeBufferPointer { pw in
         y.withUnsafeMutableBufferPointer { py in
           if group == channels && w.shape[1] == 1 && g.spatialRank == 2 {
             Conv.depthwise2D(px.baseAddress!, pw.baseAddress!, py.baseAddress!, batch: batch, channels: channels, filters: filters, g)
+            Conv.finish(py.baseAddress!, bias: bias?.floats, filters: filters, planes: batch * filters, size: g.outputSize, epilogue)
           } else {
-            Conv.gemmConvolution(
-              px.baseAddress!, pw.baseAddress!, py.baseAddress!, batch: batch, channels: channels, filters: filters, group: group,
-              accumulate: accumulate, g)
+            (bias?.floats ?? []).withUnsafeBufferPointer { pb in
+              if group == 1 && g.spatialRank == 2
+                && DNNL.convolution(
+                  DNNL.Shape(batch: batch, channels: channels, filters: filters, g), px.baseAddress!, pw.baseAddress!,
+                  bias: bias == nil ? nil : pb.baseAddress!, py.baseAddress!, accumulate: accumulate, activation: epilogue,
+                  constantWeights: context.training ? nil : w.floats)
+              {
+                return
+              }
+              Conv.gemmConvolution(
+                px.baseAddress!, pw.baseAddress!, py.baseAddress!, batch: batch, channels: channels, filters: filters, group: group,
+                accumulate: accumulate, bias: bias == nil ? nil : pb.baseAddress!, activation: epilogue, g)
+            }
           }
         }
       }
     }
     if let other = broadcastResidual {
-      Conv.finish(&y, bias: bias?.floats, filters: filters, planes: batch * filters, size: g.outputSize, .none)
       y = Broadcast.apply(y, shape, other.floats, other.shape, +)!.0
-      Conv.finish(&y, bias: nil, filters: filters, planes: batch * filters, size: g.outputSize, activation)
-    } else {
-      Conv.finish(&y, bias: bias?.floats, filters: filters, planes: batch * filters, size: g.outputSize, activation)
+      y.withUnsafeMutableBufferPointer { py in
+        Conv.finish(py.baseAddress!, bias: nil, filters: filters, planes: batch * filters, size: g.outputSize, activation)
+      }
     }
     return [Tensor(shape: shape, floats: y, dtype: x.dtype).normalized()]
   }
 
   /// Adds the bias of each output plane and applies the fused activation, in one pass.
   static func finish(
-    _ y: inout [Float], bias: [Float]?, filters: Int, planes: Int, size: Int, _ activation: FusedActivation
+    _ y: UnsafeMutablePointer<Float>, bias: [Float]?, filters: Int, planes: Int, size: Int, _ activation: FusedActivation
   ) {
     if bias == nil && activation == .none { return }
-    y.withUnsafeMutableBufferPointer { py in
-      let base = py.baseAddress!
-      Parallel.forEach(planes, work: planes * size) { plane in
-        let b = bias?[plane % filters] ?? 0
-        let row = base + plane * size
-        switch activation {
-        case .none: for i in 0..<size { row[i] += b }
-        case .relu: for i in 0..<size { row[i] = max(row[i] + b, 0) }
-        case .leakyRelu(let alpha):
-          for i in 0..<size {
-            let v = row[i] + b
-            row[i] = v >= 0 ? v : alpha * v
-          }
-        case .clip(let low, let high): for i in 0..<size { row[i] = min(max(row[i] + b, low), high) }
-        }
-      }
+    Parallel.forEach(planes, work: planes * size) { plane in
+      finish(y + plane * size, count: size, bias: bias?[plane % filters] ?? 0, activation)
     }
   }
 
-  /// Per image and group: Y_g [M/g, out] = W_g [M/g, C/g*k] x col [C/g*k, out].
+  /// `row[i] = activation(row[i] + bias)` for i in 0..<count.
+  @inline(__always)
+  static func finish(_ row: UnsafeMutablePointer<Float>, count: Int, bias b: Float, _ activation: FusedActivation) {
+    switch activation {
+    case .none: if b != 0 { for i in 0..<count { row[i] += b } }
+    case .relu: for i in 0..<count { row[i] = max(row[i] + b, 0) }
+    case .leakyRelu(let alpha):
+      for i in 0..<count {
+        let v = row[i] + b
+        row[i] = v >= 0 ? v : alpha * v
+      }
+    case .clip(let low, let high): for i in 0..<count { row[i] = min(max(row[i] + b, low), high) }
+    }
+  }
+
+  /// Per image and group: Y_g [M/g, out] = W_g [M/g, C/g*k] x col [C/g*k, out], then the bias and
+  /// activation of each output row. With `accumulate` the product is added to Y's contents.
   ///
-  /// With at least as many images as threads, each thread convolves whole images with a
-  /// single-threaded sgemm: no hand-offs between OpenBLAS's threads and ours, and im2col runs in
-  /// parallel for free. Fewer images share each sgemm across OpenBLAS's threads instead.
+  /// The work is cut into tiles of one image's band of output rows, as many per image as it takes
+  /// for every thread to get the same number of tiles: whole images when the batch divides among
+  /// the threads, halves of one image at batch 1 on two cores. Each thread unfolds only its own
+  /// tiles, multiplies them with a single-threaded sgemm (no hand-offs between OpenBLAS's threads
+  /// and ours) and finishes them while they are still in cache.
   static func gemmConvolution(
     _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, batch: Int, channels: Int,
-    filters: Int, group: Int, accumulate: Bool = false, _ g: ConvGeometry
+    filters: Int, group: Int, accumulate: Bool = false, bias: UnsafePointer<Float>? = nil, activation: FusedActivation = .none,
+    _ g: ConvGeometry
   ) {
     let groupChannels = channels / group, groupFilters = filters / group
     let rows = groupChannels * g.kernelSize
     let columns = g.outputSize
     let pointwise = g.isPointwise
-    func convolve(image n: Int, col: UnsafeMutablePointer<Float>?, parallelUnfold: Bool) {
+    let planar = g.spatialRank == 2
+    let (height, width) = planar ? (g.output[0], g.output[1]) : (1, columns)
+    /// Output rows `band` of image `n`, unfolded into `col` (rows x band's columns) unless pointwise.
+    func convolve(image n: Int, band: Range<Int>, col: UnsafeMutablePointer<Float>?, parallelUnfold: Bool) {
+      let first = band.lowerBound * width, count = band.count * width
       for k in 0..<group {
         let image = x + (n * channels + k * groupChannels) * g.inputSize
-        if let col { im2col(image, col, channels: groupChannels, g, parallel: parallelUnfold) }
+        if let col { im2col(image, col, channels: groupChannels, g, parallel: parallelUnfold, outputRows: planar ? band : nil) }
         BLAS.sgemm(
-          m: groupFilters, n: columns, k: rows, a: w + k * groupFilters * rows, lda: rows, b: col.map { UnsafePointer($0) } ?? image,
-          ldb: columns, beta: accumulate ? 1 : 0, c: y + (n * filters + k * groupFilters) * columns, ldc: columns)
+          m: groupFilters, n: count, k: rows, a: w + k * groupFilters * rows, lda: rows,
+          b: col.map { UnsafePointer($0) } ?? image + first, ldb: col == nil ? columns : count, beta: accumulate ? 1 : 0,
+          c: y + (n * filters + k * groupFilters) * columns + first, ldc: columns)
       }
+      if bias == nil && activation == .none { return }
+      for m in 0..<filters { finish(y + (n * filters + m) * columns + first, count: count, bias: bias?[m] ?? 0, activation) }
     }
     let threads = Parallel.threads
-    if batch >= threads && threads > 1 && filters * rows * columns * batch > 1 << 20 {
+    var gcd = (batch, threads)
+    while gcd.1 != 0 { gcd = (gcd.1, gcd.0 % gcd.1) }
+    let bands = planar ? min(threads / gcd.0, height) : 1
+    let tiles = batch * bands
+    if threads > 1 && tiles >= threads && filters * rows * columns * batch > 1 << 20 {
       let blasThreads = BLAS.threads
       BLAS.threads = 1
       defer { BLAS.threads = blasThreads }
+      let bandHeight = (height + bands - 1) / bands
       Parallel.forEach(threads, work: .max) { worker in
-        let col = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
+        let col = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: rows * bandHeight * width)
         defer { col?.deallocate() }
-        for n in stride(from: worker, to: batch, by: threads) { convolve(image: n, col: col, parallelUnfold: false) }
+        for tile in (tiles * worker / threads)..<(tiles * (worker + 1) / threads) {
+          let band = tile % bands
+          convolve(image: tile / bands, band: (height * band / bands)..<(height * (band + 1) / bands), col: col, parallelUnfold: false)
+        }
       }
       return
     }
     let col = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
     defer { col?.deallocate() }
-    for n in 0..<batch { convolve(image: n, col: col, parallelUnfold: true) }
+    for n in 0..<batch { convolve(image: n, band: 0..<height, col: col, parallelUnfold: true) }
   }
 
   /// Unfolds the receptive fields of `channels` planes into rows of `col` (zero outside the image).
-  /// Row r of the result starts at `col + r * rowStride` (default: the output size).
+  /// Row r of the result starts at `col + r * rowStride` (default: the columns unfolded). With
+  /// `outputRows` (2-D only), only the output positions of those rows are unfolded.
   static func im2col(
     _ image: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>, channels: Int, _ g: ConvGeometry, parallel: Bool = true,
-    rowStride: Int? = nil
+    rowStride: Int? = nil, outputRows: Range<Int>? = nil
   ) {
     let kernelSize = g.kernelSize
-    let columns = g.outputSize
+    let band = g.spatialRank == 2 ? outputRows ?? 0..<g.output[0] : 0..<1
+    let columns = g.spatialRank == 2 ? band.count * g.output[1] : g.outputSize
     let lineStride = rowStride ?? columns
     let rows = channels * kernelSize
     if g.spatialRank == 2 {
@@ -288,9 +325,9 @@ struct Conv: Operator {
         // Output columns whose input column stays inside the image: ow0 ..< ow1.
         let offset = j * dw - pw
         let (first, last) = ConvGeometry.insideColumns(offset: offset, stride: sw, input: iw, output: ow)
-        for r in 0..<oh {
+        for r in band {
           let y = r * sh - ph + i * dh
-          let line = out + r * ow
+          let line = out + (r - band.lowerBound) * ow
           guard y >= 0 && y < ih else {
             line.update(repeating: 0, count: ow)
             continue
@@ -444,7 +481,9 @@ struct ConvTranspose: Operator {
     }
     if let bias {
       guard bias.shape == [filters] else { throw context.error("input B has shape \(bias.shapeDescription), expected [\(filters)]") }
-      Conv.finish(&y, bias: bias.floats, filters: filters, planes: batch * filters, size: g.outputSize, .none)
+      y.withUnsafeMutableBufferPointer { py in
+        Conv.finish(py.baseAddress!, bias: bias.floats, filters: filters, planes: batch * filters, size: g.outputSize, .none)
+      }
     }
     return [Tensor(shape: shape, floats: y, dtype: x.dtype).normalized()]
   }
@@ -584,22 +623,34 @@ extension Conv: DifferentiableOperator {
     // residual receives that gradient as it is (the tape sums it down if it broadcast).
     if activation != .none {
       let y = outputs[0].floats
-      dy.floats.withUnsafeMutableBufferPointer { g in
-        switch activation {
-        case .none: break
-        case .relu: for i in g.indices where y[i] <= 0 { g[i] = 0 }
-        case .leakyRelu(let alpha): for i in g.indices where y[i] < 0 { g[i] *= alpha }
-        case .clip(let low, let high): for i in g.indices where y[i] <= low || y[i] >= high { g[i] = 0 }
+      let count = dy.count
+      let masked = [Float](unsafeUninitializedCapacity: count) { out, initialized in
+        dy.floats.withUnsafeBufferPointer { source in
+          y.withUnsafeBufferPointer { result in
+            let (g, y, o) = (source.baseAddress!, result.baseAddress!, out.baseAddress!)
+            Parallel.forEachRange(count, work: count) { range in
+              switch activation {
+              case .none: for i in range { o[i] = g[i] }
+              case .relu: for i in range { o[i] = y[i] > 0 ? g[i] : 0 }
+              case .leakyRelu(let alpha): for i in range { o[i] = y[i] < 0 ? g[i] * alpha : g[i] }
+              case .clip(let low, let high): for i in range { o[i] = y[i] <= low || y[i] >= high ? 0 : g[i] }
+              }
+            }
+          }
         }
+        initialized = count
       }
+      dy.floats = masked
     }
     let residualGradient: Tensor? = residual ? dy : nil
     let g = try geometry(x, w, context)
     let group = attributes.group
     let (batch, channels, filters) = (x.shape[0], x.shape[1], w.shape[0])
-    var dx = [Float](repeating: 0, count: x.count)
-    var dw = [Float](repeating: 0, count: w.count)
+    // oneDNN writes every element of both; the other paths accumulate into zeros.
     let depthwise = group == channels && w.shape[1] == 1 && g.spatialRank == 2
+    let onDNNL = group == 1 && g.spatialRank == 2 && DNNL.enabled
+    var dx = onDNNL && context.needsGradient(0) ? uninitializedFloats(x.count) : [Float](repeating: 0, count: x.count)
+    var dw = onDNNL ? uninitializedFloats(w.count) : [Float](repeating: 0, count: w.count)
     x.floats.withUnsafeBufferPointer { px in
       w.floats.withUnsafeBufferPointer { pw in
         dy.floats.withUnsafeBufferPointer { pdy in
@@ -610,6 +661,16 @@ extension Conv: DifferentiableOperator {
                   px.baseAddress!, pw.baseAddress!, pdy.baseAddress!, pdx.baseAddress!, pdw.baseAddress!, batch: batch,
                   channels: channels, filters: filters, g)
                 return
+              }
+              if onDNNL {
+                if DNNL.convolutionBackward(
+                  DNNL.Shape(batch: batch, channels: channels, filters: filters, g), px.baseAddress!, pw.baseAddress!, pdy.baseAddress!,
+                  context.needsGradient(0) ? pdx.baseAddress! : nil, pdw.baseAddress!)
+                {
+                  return
+                }
+                pdx.update(repeating: 0)
+                pdw.update(repeating: 0)
               }
               Conv.gemmBackward(
                 px.baseAddress!, pw.baseAddress!, pdy.baseAddress!, context.needsGradient(0) ? pdx.baseAddress! : nil,
@@ -688,20 +749,35 @@ extension Conv: DifferentiableOperator {
     }
   }
 
-  /// Per-filter sums of an [N, M, size] gradient (the bias gradient).
+  /// Per-filter sums of an [N, M, size] gradient (the bias gradient), filters in parallel, each
+  /// plane over eight interleaved partial sums.
   static func sumPlanes(_ values: [Float], batch: Int, filters: Int, size: Int) -> [Float] {
-    var sums = [Float](repeating: 0, count: filters)
-    values.withUnsafeBufferPointer { p in
-      for n in 0..<batch {
-        for m in 0..<filters {
-          let row = p.baseAddress! + (n * filters + m) * size
-          var total: Float = 0
-          for i in 0..<size { total += row[i] }
-          sums[m] += total
+    [Float](unsafeUninitializedCapacity: filters) { sums, initialized in
+      values.withUnsafeBufferPointer { p in
+        Parallel.forEachRange(filters, work: values.count) { range in
+          for m in range {
+            var total: Float = 0
+            for n in 0..<batch {
+              let row = p.baseAddress! + (n * filters + m) * size
+              var partial = SIMD8<Float>()
+              var i = 0
+              while i + 8 <= size {
+                partial += UnsafeRawPointer(row + i).loadUnaligned(as: SIMD8<Float>.self)
+                i += 8
+              }
+              var rest: Float = 0
+              while i < size {
+                rest += row[i]
+                i += 1
+              }
+              total += partial.sum() + rest
+            }
+            sums[m] = total
+          }
         }
       }
+      initialized = filters
     }
-    return sums
   }
 
   /// Adds each row of `col` back onto the image positions its im2col row read from.

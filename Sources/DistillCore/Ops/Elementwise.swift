@@ -93,12 +93,22 @@ struct Unary: Operator {
       }
       return [Tensor(shape: x.shape, ints: ints, dtype: x.dtype).normalized()]
     }
-    let f = function()
-    var y = x
-    y.floats.withUnsafeMutableBufferPointer { buffer in
-      for index in buffer.indices { buffer[index] = f(buffer[index]) }
+    let f = function(), relu = op == "Relu"
+    let count = x.count
+    let values = [Float](unsafeUninitializedCapacity: count) { out, initialized in
+      x.floats.withUnsafeBufferPointer { source in
+        let (s, d) = (source.baseAddress!, out.baseAddress!)
+        Parallel.forEachRange(count, work: count) { range in
+          if relu {
+            for i in range { d[i] = max(s[i], 0) }
+          } else {
+            for i in range { d[i] = f(s[i]) }
+          }
+        }
+      }
+      initialized = count
     }
-    return [y.normalized()]
+    return [Tensor(shape: x.shape, floats: values, dtype: x.dtype).normalized()]
   }
 
   /// The scalar function this op applies.
@@ -211,6 +221,7 @@ struct Binary: Operator {
   }
 
   private func floatArithmetic(_ a: Tensor, _ b: Tensor, _ context: ExecutionContext) throws -> ([Float], [Int]) {
+    if let fast = Binary.planewise(op, a, b) { return fast }
     switch op {
     case "Add": return Broadcast.apply(a.floats, a.shape, b.floats, b.shape, +)!
     case "Sub": return Broadcast.apply(a.floats, a.shape, b.floats, b.shape, -)!
@@ -226,6 +237,72 @@ struct Binary: Operator {
       }!
     default: throw context.error("\(op) is not defined for \(a.dtype)")
     }
+  }
+
+  /// Add, Sub, Mul or Div where one operand is full-sized and the other either the same shape or
+  /// one value per plane (a per-channel scale or shift: [C, 1, 1] against [N, C, H, W]), as
+  /// tight loops in parallel; nil for anything else.
+  static func planewise(_ op: String, _ a: Tensor, _ b: Tensor) -> ([Float], [Int])? {
+    let kinds = ["Add": 0, "Sub": 1, "Mul": 2, "Div": 3]
+    guard let kind = kinds[op], let target = Broadcast.shape([a.shape, b.shape]) else { return nil }
+    let total = target.reduce(1, *)
+    guard total > 1 << 14 else { return nil }
+    /// Elements per plane, when `small` holds one value per plane of `target`, repeating over leading axes.
+    func plane(_ small: [Int]) -> Int? {
+      guard small.count <= target.count else { return nil }
+      let padded = [Int](repeating: 1, count: target.count - small.count) + small
+      var end = padded.count
+      while end > 0 && padded[end - 1] == 1 { end -= 1 }
+      var start = 0
+      while start < end && padded[start] == 1 { start += 1 }
+      guard padded[start..<end].elementsEqual(target[start..<end]) else { return nil }
+      return target[end...].reduce(1, *)
+    }
+    let (full, small, smallFirst): (Tensor, Tensor, Bool)
+    let size: Int
+    if a.shape == target, b.shape == target {
+      (full, small, smallFirst, size) = (a, b, false, 1)
+    } else if a.shape == target, let p = plane(b.shape) {
+      (full, small, smallFirst, size) = (a, b, false, p)
+    } else if b.shape == target, let p = plane(a.shape) {
+      (full, small, smallFirst, size) = (b, a, true, p)
+    } else {
+      return nil
+    }
+    let same = a.shape == b.shape
+    let values = [Float](unsafeUninitializedCapacity: total) { out, initialized in
+      full.floats.withUnsafeBufferPointer { pf in
+        small.floats.withUnsafeBufferPointer { ps in
+          let (f, s, o) = (pf.baseAddress!, ps.baseAddress!, out.baseAddress!)
+          let (planes, count) = (total / size, small.count)
+          Parallel.forEachRange(same ? total / 4096 + 1 : planes, work: total) { range in
+            for p in range {
+              let slice = same ? (p * 4096)..<min(total, (p + 1) * 4096) : (p * size)..<((p + 1) * size)
+              if same {
+                switch (kind, smallFirst) {
+                case (0, _): for i in slice { o[i] = f[i] + s[i] }
+                case (1, _): for i in slice { o[i] = f[i] - s[i] }
+                case (2, _): for i in slice { o[i] = f[i] * s[i] }
+                default: for i in slice { o[i] = f[i] / s[i] }
+                }
+                continue
+              }
+              let v = s[p % count]
+              switch (kind, smallFirst) {
+              case (0, _): for i in slice { o[i] = f[i] + v }
+              case (1, false): for i in slice { o[i] = f[i] - v }
+              case (1, true): for i in slice { o[i] = v - f[i] }
+              case (2, _): for i in slice { o[i] = f[i] * v }
+              case (3, false): for i in slice { o[i] = f[i] / v }
+              default: for i in slice { o[i] = v / f[i] }
+              }
+            }
+          }
+        }
+      }
+      initialized = total
+    }
+    return (values, target)
   }
 
   private func intArithmetic(_ a: Tensor, _ b: Tensor, _ context: ExecutionContext) throws -> ([Int64], [Int]) {

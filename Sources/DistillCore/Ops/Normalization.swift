@@ -12,7 +12,7 @@ let normalizationOperators: [(String, any Operator.Type)] = [
 
 /// An array of `count` floats left uninitialized, for outputs whose every element gets written
 /// (skips a zeroing pass over memory the kernel overwrites anyway).
-private func uninitializedFloats(_ count: Int) -> [Float] {
+func uninitializedFloats(_ count: Int) -> [Float] {
   [Float](unsafeUninitializedCapacity: count) { $1 = count }
 }
 
@@ -189,15 +189,8 @@ struct InstanceNormalization: Operator {
         Parallel.forEachRange(x.count / max(size, 1), work: x.count) { range in
           for plane in range {
             let base = plane * size, c = plane % channels
-            var sum: Double = 0
-            for i in base..<(base + size) { sum += Double(xs[i]) }
-            let mean = sum / Double(size)
-            var squares: Double = 0
-            for i in base..<(base + size) {
-              let d = Double(xs[i]) - mean
-              squares += d * d
-            }
-            let a = Double(s[c]) / (squares / Double(size) + epsilon).squareRoot()
+            let (mean, variance) = InstanceNormalization.moments(xs.baseAddress! + base, count: size)
+            let a = Double(s[c]) / (variance + epsilon).squareRoot()
             let scale = Float(a), shift = Float(Double(b[c]) - mean * a)
             for i in base..<(base + size) { ys[i] = xs[i] * scale + shift }
           }
@@ -205,6 +198,30 @@ struct InstanceNormalization: Operator {
       }
     }
     return [Tensor(shape: x.shape, floats: y, dtype: x.dtype).normalized()]
+  }
+}
+
+extension InstanceNormalization {
+  /// Mean and population variance of `count` values, accumulated in Double over eight interleaved
+  /// partial sums (independent chains the CPU overlaps).
+  static func moments(_ x: UnsafePointer<Float>, count: Int) -> (mean: Double, variance: Double) {
+    func sum(_ term: (Double) -> Double) -> Double {
+      var low = SIMD4<Double>(), high = SIMD4<Double>()
+      var i = 0
+      while i + 8 <= count {
+        low += SIMD4(term(Double(x[i])), term(Double(x[i + 1])), term(Double(x[i + 2])), term(Double(x[i + 3])))
+        high += SIMD4(term(Double(x[i + 4])), term(Double(x[i + 5])), term(Double(x[i + 6])), term(Double(x[i + 7])))
+        i += 8
+      }
+      var total = (low + high).sum()
+      while i < count {
+        total += term(Double(x[i]))
+        i += 1
+      }
+      return total
+    }
+    let mean = sum { $0 } / Double(max(count, 1))
+    return (mean, sum { ($0 - mean) * ($0 - mean) } / Double(max(count, 1)))
   }
 }
 
