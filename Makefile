@@ -80,12 +80,11 @@ test: deps python-deps
 demo: release
 	$(DISTILL) demo --out runs/demo --overwrite
 
-# Side-by-side speed against onnxruntime on torchvision's RetinaNet ResNet-50-FPN (backbone and head)
-# at batch 8, 320x320 (needs PyTorch for the export).
+# Issue #11's speed table in one run: distill, onnxruntime and PyTorch on FCOS-style ResNet-18-FPN
+# and ResNet-50-FPN at 320x320 (forward at batch 1 and 8, a training step), and a whole
+# distillation step against PyTorch (tools/bench_speed.py; needs PyTorch for the exports).
 bench: release python-deps torch-deps
-	$(TORCH_PYTHON) tools/export_bench_model.py .build-fixtures/bench
-	$(PYTHON) tools/bench_ort.py .build-fixtures/bench/retinanet_r50_fpn_core.onnx --input images=8x3x320x320 \
-	  --runs 5 --threads 2 --distill $(DISTILL)
+	$(TORCH_PYTHON) tools/bench_speed.py --distill $(DISTILL) --threads 2 --runs 5 --distillation
 
 # Bounded libFuzzer run over the import path (SECONDS=60 by default).
 fuzz: deps
