@@ -127,6 +127,17 @@ final class TrainCLITests: XCTestCase {
 
   /// `distill init` drafts a config that `distill train` accepts as it is (here on the tiny pair,
   /// with the steps shortened for the test).
+  /// Trains the config `draft` (from `distill init`) in `directory`, changed only to 2 steps of
+  /// batch 2 with 1 warm-up step, and expects success.
+  func trainShortened(_ draft: String, in directory: URL) throws {
+    let shortened = draft.replacingOccurrences(of: "steps: 2000", with: "steps: 2").replacingOccurrences(of: "batch: 8", with: "batch: 2")
+      .replacingOccurrences(of: "warmup: 100", with: "warmup: 1")
+    let path = directory.appendingPathComponent("distill.yaml").path
+    try shortened.write(toFile: path, atomically: true, encoding: .utf8)
+    let trained = try distill(["train", path])
+    XCTAssertEqual(trained.status, 0, trained.stderr)
+  }
+
   /// The promise on the shipped models: `distill init` drafts a config that `distill
   /// train` accepts as it is (only shortened here), with the box outputs the models expose (after
   /// torchvision FCOS's Relu), not the convolutions before them.
@@ -143,12 +154,7 @@ final class TrainCLITests: XCTestCase {
     XCTAssertTrue(draft.stdout.contains("{cls: cls_p3, box: box_p3, quality: ctr_p3, stride: 8}"), draft.stdout)
     XCTAssertFalse(draft.stdout.contains("bbox_reg"), draft.stdout)
     XCTAssertTrue(draft.stdout.contains("\nhead:   # both models"), draft.stdout)
-    let shortened = draft.stdout.replacingOccurrences(of: "steps: 2000", with: "steps: 2").replacingOccurrences(of: "batch: 8", with: "batch: 2")
-      .replacingOccurrences(of: "warmup: 100", with: "warmup: 1")
-    let path = directory.appendingPathComponent("distill.yaml").path
-    try shortened.write(toFile: path, atomically: true, encoding: .utf8)
-    let trained = try distill(["train", path])
-    XCTAssertEqual(trained.status, 0, trained.stderr)
+    try trainShortened(draft.stdout, in: directory)
     let metrics = try String(contentsOfFile: directory.appendingPathComponent("runs/distill/metrics.jsonl").path, encoding: .utf8)
     XCTAssertEqual(metrics.split(separator: "\n").count, 3, metrics)
     XCTAssertTrue(FileManager.default.fileExists(atPath: directory.appendingPathComponent("runs/distill/student.onnx").path))
@@ -166,12 +172,7 @@ final class TrainCLITests: XCTestCase {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("init-cli-\(getpid())")
     try? FileManager.default.removeItem(at: directory)
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    let shortened = result.stdout.replacingOccurrences(of: "steps: 2000", with: "steps: 2").replacingOccurrences(of: "batch: 8", with: "batch: 2")
-      .replacingOccurrences(of: "warmup: 100", with: "warmup: 1")
-    let path = directory.appendingPathComponent("distill.yaml").path
-    try shortened.write(toFile: path, atomically: true, encoding: .utf8)
-    let trained = try distill(["train", path])
-    XCTAssertEqual(trained.status, 0, trained.stderr)
+    try trainShortened(result.stdout, in: directory)
     XCTAssertTrue(FileManager.default.fileExists(atPath: directory.appendingPathComponent("runs/distill/student.onnx").path))
     let missing = try distill(["init", heads + "/fcos/model.onnx", heads + "/nope.onnx"])
     XCTAssertEqual(missing.status, 1)
