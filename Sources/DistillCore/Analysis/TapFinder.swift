@@ -14,9 +14,10 @@ public struct TapSuggestion: Sendable, Equatable {
 
 /// Finds likely distillation taps from the graph's structure. Head outputs are the outputs of
 /// the last convolutions before a graph output (only reshapes, activations, concatenations and
-/// decoding arithmetic follow them), or of a Relu after one when that is the graph output. Walking up each head branch through single-use values, the
-/// first value used by several branches (the classification and box towers, or the head and a
-/// downsampling path) is the feature level that branch reads: the FPN level.
+/// decoding arithmetic follow them), or of a Relu after one when that is the graph output.
+/// Walking up each head branch through single-use values, the first value used by several
+/// branches (the classification and box towers, or the head and a downsampling path) is the
+/// feature level that branch reads: the FPN level.
 public enum TapFinder {
   public static func suggest(_ graph: Graph, shapes: [String: StaticValue]) -> [TapSuggestion] {
     var producer: [String: Node] = [:]
