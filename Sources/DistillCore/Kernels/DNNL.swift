@@ -59,13 +59,22 @@ public enum DNNL {
     let source, weights, destination: Operand
     let bias: dnnl_memory_desc_t?
     var scratchpad: dnnl_memory_desc_t
+    /// The primitive reads its source / writes its destination in N, H, W, C order.
+    let channelsLastSource, channelsLastDestination: Bool
 
     init(
       primitive: dnnl_primitive_t, source: Operand, weights: Operand, destination: Operand, bias: dnnl_memory_desc_t?,
-      scratchpad: dnnl_memory_desc_t
+      scratchpad: dnnl_memory_desc_t, shape: Shape
     ) {
       (self.primitive, self.source, self.weights, self.destination, self.bias) = (primitive, source, weights, destination, bias)
       self.scratchpad = scratchpad
+      func isChannelsLast(_ operand: Operand, _ dims: [Int]) -> Bool {
+        guard var nhwc = DNNL.descriptor(dims, dnnl_nhwc) else { return false }
+        var chosen = operand.chosen
+        return dnnl_memory_desc_equal(&nhwc, &chosen) != 0
+      }
+      channelsLastSource = isChannelsLast(source, [shape.batch, shape.channels] + shape.input)
+      channelsLastDestination = isChannelsLast(destination, [shape.batch, shape.filters] + shape.output)
     }
   }
 
@@ -137,24 +146,42 @@ public enum DNNL {
 
   // MARK: Running
 
+  /// Which of a forward convolution's source and destination oneDNN keeps channels last (N, H,
+  /// W, C) for this CPU; nil when oneDNN is off or has no kernel for this shape.
+  static func forwardLayouts(_ shape: Shape, bias: Bool, accumulate: Bool, activation: FusedActivation)
+    -> (source: Bool, destination: Bool)?
+  {
+    guard enabled, let runtime else { return nil }
+    lock.lock()
+    defer { lock.unlock() }
+    return forwardPlan(shape, bias: bias, accumulate: accumulate, activation, runtime).map { ($0.channelsLastSource, $0.channelsLastDestination) }
+  }
+
   /// `y = activation(conv(x, w) + bias [+ y's contents when accumulate])`; false (nothing written)
   /// when oneDNN is off or has no kernel for this shape. With `constantWeights` (`w` is their
   /// storage), the weights are reordered once and kept for later calls with the same array.
+  /// `sourceChannelsLast`/`destinationChannelsLast`: `x`/`y` are in N, H, W, C order, which
+  /// `forwardLayouts` must have reported as the primitive's own; else they are N, C, H, W.
   static func convolution(
     _ shape: Shape, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>,
-    accumulate: Bool, activation: FusedActivation, constantWeights: [Float]? = nil
+    accumulate: Bool, activation: FusedActivation, constantWeights: [Float]? = nil, sourceChannelsLast: Bool = false,
+    destinationChannelsLast: Bool = false
   ) -> Bool {
     guard enabled, let runtime else { return false }
     lock.lock()
     defer { lock.unlock() }
-    let key = PlanKey(shape: shape, kind: "forward \(bias != nil) \(accumulate) \(activation)")
-    if forwardPlans[key] == nil { forwardPlans[key] = forwardPlan(shape, bias: bias != nil, accumulate: accumulate, activation, runtime) }
-    guard let plan = forwardPlans[key]! else { return false }
+    guard let plan = forwardPlan(shape, bias: bias != nil, accumulate: accumulate, activation, runtime) else { return false }
+    precondition(
+      (!sourceChannelsLast || plan.channelsLastSource) && (!destinationChannelsLast || plan.channelsLastDestination),
+      "a channels-last operand the convolution does not use")
     omp_set_num_threads(Int32(Parallel.threads))
     var arguments: [(Int32, dnnl_memory_t)] = []
     var scratch: [() -> Void] = []
     defer { for release in scratch { release() } }
-    let source = input(plan.source, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
+    let source =
+      sourceChannelsLast
+      ? memory(&plan.source.chosen, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
+      : input(plan.source, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
     var weights: dnnl_memory_t
     if let constantWeights, plan.weights.isReordered {
       let key = PackedKey(plan: ObjectIdentifier(plan), address: UnsafeRawPointer(w))
@@ -174,7 +201,10 @@ public enum DNNL {
     if let bias, var descriptor = plan.bias {
       arguments.append((argumentBias, memory(&descriptor, UnsafeMutableRawPointer(mutating: bias), runtime, &scratch)))
     }
-    let destination = output(plan.destination, y, seeded: accumulate, runtime, &scratch)
+    let destination =
+      destinationChannelsLast
+      ? (chosen: memory(&plan.destination.chosen, UnsafeMutableRawPointer(y), runtime, &scratch), finish: {})
+      : output(plan.destination, y, seeded: accumulate, runtime, &scratch)
     arguments.append((argumentDestination, destination.chosen))
     arguments.append((argumentScratchpad, memory(&plan.scratchpad, nil, runtime, &scratch)))
     execute(plan.primitive, arguments, runtime)
@@ -287,7 +317,7 @@ public enum DNNL {
 
   // MARK: Planning
 
-  private static func descriptor(_ dims: [Int], _ tag: dnnl_format_tag_t) -> dnnl_memory_desc_t? {
+  fileprivate static func descriptor(_ dims: [Int], _ tag: dnnl_format_tag_t) -> dnnl_memory_desc_t? {
     var descriptor = dnnl_memory_desc_t()
     let sizes = dims.map { dnnl_dim_t($0) }
     return dnnl_memory_desc_init_by_tag(&descriptor, Int32(sizes.count), sizes, dnnl_f32, tag) == dnnl_success ? descriptor : nil
@@ -340,7 +370,18 @@ public enum DNNL {
     return description
   }
 
+  /// The cached plan of a forward convolution (made on first use; the caller holds `lock`).
   private static func forwardPlan(_ shape: Shape, bias: Bool, accumulate: Bool, _ activation: FusedActivation, _ runtime: Runtime)
+    -> ForwardPlan?
+  {
+    let key = PlanKey(shape: shape, kind: "forward \(bias) \(accumulate) \(activation)")
+    if let plan = forwardPlans[key] { return plan }
+    let plan = newForwardPlan(shape, bias: bias, accumulate: accumulate, activation, runtime)
+    forwardPlans[key] = plan
+    return plan
+  }
+
+  private static func newForwardPlan(_ shape: Shape, bias: Bool, accumulate: Bool, _ activation: FusedActivation, _ runtime: Runtime)
     -> ForwardPlan?
   {
     guard let (plain, _) = descriptors(shape) else { return nil }
@@ -371,7 +412,7 @@ public enum DNNL {
     else { return nil }
     return ForwardPlan(
       primitive: primitive, source: source, weights: weights, destination: destination,
-      bias: bias ? descriptor([shape.filters], dnnl_x) : nil, scratchpad: chosen(description, dnnl_query_scratchpad_md))
+      bias: bias ? descriptor([shape.filters], dnnl_x) : nil, scratchpad: chosen(description, dnnl_query_scratchpad_md), shape: shape)
   }
 
   private static func backwardPlan(_ shape: Shape, _ runtime: Runtime) -> BackwardPlan? {

@@ -101,7 +101,7 @@ struct ConvAttributes {
   }
 }
 
-struct Conv: Operator {
+struct Conv: ChannelsLastOperator {
   let attributes: ConvAttributes
   /// Set by `Fusion`: the activation applied to the result, and whether input 3 is added to it.
   let activation: FusedActivation
@@ -144,7 +144,8 @@ struct Conv: Operator {
   }
 
   func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
-    let x = try context.input(inputs, 0, "X"), w = try context.input(inputs, 1, "W")
+    var x = try context.input(inputs, 0, "X")
+    let w = try context.input(inputs, 1, "W")
     let bias = inputs.count > 2 ? inputs[2] : nil
     guard x.isFloat, w.isFloat else { throw context.error("inputs X and W must be floating point, got \(x.dtype) and \(w.dtype)") }
     guard x.rank >= 3 else { throw context.error("input X has \(x.rank) dims, expected at least 3 (N, C, spatial...)") }
@@ -160,45 +161,53 @@ struct Conv: Operator {
     let g = try geometry(x, w, context)
     let shape = [batch, filters] + g.output
     try context.checkAllocation(shape)
+    let depthwise = group == channels && w.shape[1] == 1 && g.spatialRank == 2
     // A fused residual of the output's shape seeds the output (sgemm then accumulates into it);
     // one that only broadcasts (a bias written as Add) is added after the bias.
+    var other = residual ? try context.input(inputs, 3, "residual") : nil
+    if let residual = other {
+      guard residual.isFloat, Broadcast.shape([shape, residual.shape]) == shape else {
+        throw context.error("fused residual input \(residual.shapeDescription) does not broadcast to the output \(shape)")
+      }
+    }
+    let accumulate = other?.shape == shape
+    let epilogue: FusedActivation = other == nil || accumulate ? activation : .none
+    // oneDNN may keep X and Y channels last (inference passes chain convolutions that way).
+    let dnnlShape = DNNL.Shape(batch: batch, channels: channels, filters: filters, g)
+    let layouts =
+      group == 1 && g.spatialRank == 2
+      ? DNNL.forwardLayouts(dnnlShape, bias: bias != nil, accumulate: accumulate, activation: epilogue) : nil
+    if x.channelsLast && layouts?.source != true { x = x.planar() }
+    let writeChannelsLast = context.mayWriteChannelsLast && layouts?.destination == true && (other == nil || accumulate)
+    if let residual = other, residual.channelsLast != writeChannelsLast {
+      other = writeChannelsLast ? residual.channelsLastCopy() : residual.planar()
+    }
     var y: [Float]
-    var broadcastResidual: Tensor?
-    if residual {
-      let other = try context.input(inputs, 3, "residual")
-      guard other.isFloat, Broadcast.shape([shape, other.shape]) == shape else {
-        throw context.error("fused residual input \(other.shapeDescription) does not broadcast to the output \(shape)")
-      }
-      if other.shape == shape {
-        y = other.floats
-      } else {
-        y = [Float](repeating: 0, count: shape.reduce(1, *))
-        broadcastResidual = other
-      }
-    } else if group == channels && w.shape[1] == 1 && g.spatialRank == 2 {
+    if accumulate {
+      y = other!.floats
+    } else if other != nil || depthwise {
       y = [Float](repeating: 0, count: shape.reduce(1, *))
     } else {
       // Both gemm paths write every element (sgemm with beta 0, or oneDNN).
       y = uninitializedFloats(shape.reduce(1, *))
     }
-    let accumulate = residual && broadcastResidual == nil
-    let epilogue: FusedActivation = broadcastResidual == nil ? activation : .none
     x.floats.withUnsafeBufferPointer { px in
       w.floats.withUnsafeBufferPointer { pw in
         y.withUnsafeMutableBufferPointer { py in
-          if group == channels && w.shape[1] == 1 && g.spatialRank == 2 {
+          if depthwise {
             Conv.depthwise2D(px.baseAddress!, pw.baseAddress!, py.baseAddress!, batch: batch, channels: channels, filters: filters, g)
             Conv.finish(py.baseAddress!, bias: bias?.floats, filters: filters, planes: batch * filters, size: g.outputSize, epilogue)
           } else {
             (bias?.floats ?? []).withUnsafeBufferPointer { pb in
-              if group == 1 && g.spatialRank == 2
+              if layouts != nil
                 && DNNL.convolution(
-                  DNNL.Shape(batch: batch, channels: channels, filters: filters, g), px.baseAddress!, pw.baseAddress!,
-                  bias: bias == nil ? nil : pb.baseAddress!, py.baseAddress!, accumulate: accumulate, activation: epilogue,
-                  constantWeights: context.training ? nil : w.floats)
+                  dnnlShape, px.baseAddress!, pw.baseAddress!, bias: bias == nil ? nil : pb.baseAddress!, py.baseAddress!,
+                  accumulate: accumulate, activation: epilogue, constantWeights: context.training ? nil : w.floats,
+                  sourceChannelsLast: x.channelsLast, destinationChannelsLast: writeChannelsLast)
               {
                 return
               }
+              precondition(!x.channelsLast && !writeChannelsLast, "oneDNN refused a convolution it planned")
               Conv.gemmConvolution(
                 px.baseAddress!, pw.baseAddress!, py.baseAddress!, batch: batch, channels: channels, filters: filters, group: group,
                 accumulate: accumulate, bias: bias == nil ? nil : pb.baseAddress!, activation: epilogue, g)
@@ -207,13 +216,15 @@ struct Conv: Operator {
         }
       }
     }
-    if let other = broadcastResidual {
+    if let other, !accumulate {
       y = Broadcast.apply(y, shape, other.floats, other.shape, +)!.0
       y.withUnsafeMutableBufferPointer { py in
         Conv.finish(py.baseAddress!, bias: nil, filters: filters, planes: batch * filters, size: g.outputSize, activation)
       }
     }
-    return [Tensor(shape: shape, floats: y, dtype: x.dtype).normalized()]
+    var result = Tensor(shape: shape, floats: y, dtype: x.dtype).normalized()
+    result.channelsLast = writeChannelsLast
+    return [result]
   }
 
   /// Adds the bias of each output plane and applies the fused activation, in one pass.

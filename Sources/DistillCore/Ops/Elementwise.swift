@@ -42,7 +42,7 @@ extension Tensor {
 }
 
 /// A float function of one value (with its attributes), or an integer one where the spec allows.
-struct Unary: Operator {
+struct Unary: ChannelsLastOperator {
   let op: String
   let alpha: Float
   let beta: Float
@@ -72,7 +72,9 @@ struct Unary: Operator {
   }
 
   func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
-    let x = try context.input(inputs, 0, "X")
+    var x = try context.input(inputs, 0, "X")
+    // Float results keep a channels-last input's order; boolean ones are planar.
+    if x.channelsLast && (op == "IsNaN" || op == "IsInf" || !context.mayWriteChannelsLast) { x = x.planar() }
     if op == "IsNaN" || op == "IsInf" {
       let flags = x.asFloats.map { value -> Int64 in
         if op == "IsNaN" { return value.isNaN ? 1 : 0 }
@@ -108,7 +110,9 @@ struct Unary: Operator {
       }
       initialized = count
     }
-    return [Tensor(shape: x.shape, floats: values, dtype: x.dtype).normalized()]
+    var y = Tensor(shape: x.shape, floats: values, dtype: x.dtype).normalized()
+    y.channelsLast = x.channelsLast
+    return [y]
   }
 
   /// The scalar function this op applies.
@@ -166,7 +170,7 @@ struct Unary: Operator {
 }
 
 /// Broadcasting arithmetic, comparison and logic of two tensors.
-struct Binary: Operator {
+struct Binary: ChannelsLastOperator {
   let op: String
   let fmod: Bool
 
@@ -179,7 +183,10 @@ struct Binary: Operator {
   private static let logic: Set<String> = ["And", "Or", "Xor"]
 
   func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
-    let a = try context.input(inputs, 0, "A"), b = try context.input(inputs, 1, "B")
+    var a = try context.input(inputs, 0, "A"), b = try context.input(inputs, 1, "B")
+    // Same-shape float arithmetic on two channels-last tensors keeps their order; the rest is planar.
+    let channelsLast = a.channelsLast && b.channelsLast && a.shape == b.shape && context.mayWriteChannelsLast && !Binary.comparisons.contains(op)
+    if !channelsLast { (a, b) = (a.planar(), b.planar()) }
     guard Broadcast.shape([a.shape, b.shape]) != nil else {
       throw context.error("inputs A \(a.shapeDescription) and B \(b.shapeDescription) do not broadcast")
     }
@@ -214,7 +221,9 @@ struct Binary: Operator {
     }
     if a.isFloat {
       let (values, shape) = try floatArithmetic(a, b, context)
-      return [Tensor(shape: shape, floats: values, dtype: a.dtype).normalized()]
+      var y = Tensor(shape: shape, floats: values, dtype: a.dtype).normalized()
+      y.channelsLast = channelsLast
+      return [y]
     }
     let (values, shape) = try intArithmetic(a, b, context)
     return [Tensor(shape: shape, ints: values, dtype: a.dtype).normalized()]

@@ -10,6 +10,9 @@ let normalizationOperators: [(String, any Operator.Type)] = [
   ("MeanVarianceNormalization", MeanVarianceNormalization.self),
 ]
 
+/// Operators that only `Fusion` creates (domain `Fusion.domain`).
+let fusedOperators: [(String, any Operator.Type)] = [("GroupNormalization", FusedGroupNormalization.self)]
+
 /// An array of `count` floats left uninitialized, for outputs whose every element gets written
 /// (skips a zeroing pass over memory the kernel overwrites anyway).
 func uninitializedFloats(_ count: Int) -> [Float] {
@@ -198,6 +201,153 @@ struct InstanceNormalization: Operator {
       }
     }
     return [Tensor(shape: x.shape, floats: y, dtype: x.dtype).normalized()]
+  }
+}
+
+/// Group normalization as PyTorch exports it, fused by `Fusion` (inference only): `X` [N, C, ...]
+/// reshaped to [N, G, C/G * ...], InstanceNormalization with `group_scale`/`group_bias` [G], reshaped
+/// back, times `scale` and plus `bias` (C values, broadcast per channel), then the fused activation:
+/// `Y = act(((X - mean_g) / sqrt(var_g + epsilon) * group_scale_g + group_bias_g) * scale_c + bias_c)`.
+/// Reads and writes 4-D tensors channels last as well.
+struct FusedGroupNormalization: ChannelsLastOperator {
+  let epsilon: Float
+  let activation: FusedActivation
+
+  init(_ node: Node, _ setup: OperatorSetup) throws {
+    epsilon = node.floatAttribute("epsilon") ?? 1e-5
+    activation = FusedActivation(node)
+  }
+
+  func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
+    let x = try context.input(inputs, 0, "X")
+    let groupScale = try context.input(inputs, 1, "group_scale").asFloats, groupBias = try context.input(inputs, 2, "group_bias").asFloats
+    let scale = try context.input(inputs, 3, "scale").asFloats, bias = try context.input(inputs, 4, "bias").asFloats
+    guard x.isFloat, x.rank >= 3 else { throw context.error("input X is \(x.dtype) \(x.shapeDescription), expected a float tensor of at least 3 dims") }
+    let (batch, channels, groups) = (x.shape[0], x.shape[1], groupScale.count)
+    guard groups > 0, channels % groups == 0, groupBias.count == groups, scale.count == channels, bias.count == channels else {
+      throw context.error(
+        "X \(x.shapeDescription) with \(groupScale.count)/\(groupBias.count) group scales/biases and \(scale.count)/\(bias.count) channel scales/biases do not fit")
+    }
+    let size = x.count / max(1, batch * channels), perGroup = channels / groups
+    let count = Double(perGroup * size), epsilon = Double(self.epsilon), activation = self.activation
+    var y = uninitializedFloats(x.count)
+    // Per (image, group): the affine map of each of its channels, y = x * a + b.
+    var a = [Float](repeating: 0, count: batch * channels), b = a
+    func affine(_ n: Int, _ g: Int, mean: Double, variance: Double) {
+      let normalizer = Double(groupScale[g]) / (variance + epsilon).squareRoot()
+      for c in (g * perGroup)..<((g + 1) * perGroup) {
+        a[n * channels + c] = Float(normalizer * Double(scale[c]))
+        b[n * channels + c] = Float((Double(groupBias[g]) - mean * normalizer) * Double(scale[c]) + Double(bias[c]))
+      }
+    }
+    x.floats.withUnsafeBufferPointer { xs in
+      let xs = xs.baseAddress!
+      if !x.channelsLast {
+        var moments = [(mean: Double, variance: Double)](repeating: (0, 0), count: batch * groups)
+        moments.withUnsafeMutableBufferPointer { moments in
+          let moments = moments.baseAddress!
+          Parallel.forEach(batch * groups, work: x.count) { i in
+            moments[i] = InstanceNormalization.moments(xs + i * perGroup * size, count: perGroup * size)
+          }
+        }
+        for (i, m) in moments.enumerated() { affine(i / groups, i % groups, mean: m.mean, variance: m.variance) }
+      } else {
+        // Channels last: per-channel sums over the positions, then each group's moments.
+        for n in 0..<batch {
+          let image = xs + n * size * channels
+          let (shift, sums, squares) = FusedGroupNormalization.channelMoments(image, positions: size, channels: channels)
+          for g in 0..<groups {
+            let range = (g * perGroup)..<((g + 1) * perGroup)
+            let mean = range.reduce(0) { $0 + sums[$1] + Double(size) * Double(shift[$1]) } / count
+            // Sum over the group of (x - mean)^2 from each channel's sums around its shift K:
+            // S2 + 2 (K - mean) S1 + positions (K - mean)^2.
+            let spread = range.reduce(0.0) { total, c in
+              let d = Double(shift[c]) - mean
+              return total + squares[c] + 2 * d * sums[c] + Double(size) * d * d
+            }
+            affine(n, g, mean: mean, variance: max(0, spread / count))
+          }
+        }
+      }
+      let (scales, shifts) = (a, b)
+      y.withUnsafeMutableBufferPointer { ys in
+        scales.withUnsafeBufferPointer { scales in
+          shifts.withUnsafeBufferPointer { shifts in
+            let (ys, scales, shifts) = (ys.baseAddress!, scales.baseAddress!, shifts.baseAddress!)
+            let rows = x.channelsLast ? batch * size : batch * channels
+            Parallel.forEachRange(rows, work: x.count) { range in
+              for row in range {
+                if x.channelsLast {
+                  let (xr, yr) = (xs + row * channels, ys + row * channels)
+                  let (m, s) = (scales + row / size * channels, shifts + row / size * channels)
+                  for c in 0..<channels { yr[c] = FusedGroupNormalization.apply(xr[c] * m[c] + s[c], activation) }
+                } else {
+                  let (xr, yr, m, s) = (xs + row * size, ys + row * size, scales[row], shifts[row])
+                  for i in 0..<size { yr[i] = FusedGroupNormalization.apply(xr[i] * m + s, activation) }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    var result = Tensor(shape: x.shape, floats: y, dtype: x.dtype).normalized()
+    result.channelsLast = x.channelsLast
+    return [context.mayWriteChannelsLast || !x.channelsLast ? result : result.planar()]
+  }
+
+  /// Per channel c of a channels-last image [positions, channels]: a shift K_c (its first value),
+  /// and the sums of x - K_c and of (x - K_c)^2 over the positions (shifting keeps the squares'
+  /// sum exact enough when the mean is large against the spread). Blocks of positions sum in Float,
+  /// blocks add up in Double; positions split over the threads.
+  static func channelMoments(_ image: UnsafePointer<Float>, positions: Int, channels: Int)
+    -> (shift: [Float], sums: [Double], squares: [Double])
+  {
+    let shift = Array(UnsafeBufferPointer(start: image, count: channels))
+    let chunks = min(positions, Parallel.threads * 2), block = 32
+    var partials = [Double](repeating: 0, count: 2 * chunks * channels)
+    partials.withUnsafeMutableBufferPointer { partials in
+      shift.withUnsafeBufferPointer { shift in
+        let (partials, k) = (partials.baseAddress!, shift.baseAddress!)
+        Parallel.forEach(chunks, work: positions * channels) { chunk in
+          let (sums, squares) = (partials + 2 * chunk * channels, partials + (2 * chunk + 1) * channels)
+          let blockSums = UnsafeMutablePointer<Float>.allocate(capacity: 2 * channels)
+          defer { blockSums.deallocate() }
+          let blockSquares = blockSums + channels
+          var p = positions * chunk / chunks
+          let end = positions * (chunk + 1) / chunks
+          while p < end {
+            blockSums.initialize(repeating: 0, count: 2 * channels)
+            for q in p..<min(p + block, end) {
+              let row = image + q * channels
+              for c in 0..<channels {
+                let d = row[c] - k[c]
+                blockSums[c] += d
+                blockSquares[c] += d * d
+              }
+            }
+            for c in 0..<channels {
+              sums[c] += Double(blockSums[c])
+              squares[c] += Double(blockSquares[c])
+            }
+            p += block
+          }
+        }
+      }
+    }
+    let sums = (0..<channels).map { c in (0..<chunks).reduce(0) { $0 + partials[2 * $1 * channels + c] } }
+    let squares = (0..<channels).map { c in (0..<chunks).reduce(0) { $0 + partials[(2 * $1 + 1) * channels + c] } }
+    return (shift, sums, squares)
+  }
+
+  @inline(__always)
+  static func apply(_ v: Float, _ activation: FusedActivation) -> Float {
+    switch activation {
+    case .none: return v
+    case .relu: return max(v, 0)
+    case .leakyRelu(let alpha): return v >= 0 ? v : alpha * v
+    case .clip(let low, let high): return min(max(v, low), high)
+    }
   }
 }
 

@@ -16,7 +16,7 @@ let poolingOperators: [(String, any Operator.Type)] = [
 /// count unless `count_include_pad`, which counts the padding (not the ceil_mode overhang).
 /// MaxPool's optional `Indices` output holds flat indices into X, row-major over the spatial dims
 /// (`storage_order` 0) or column-major (1), plus the offset of the (N, C) plane.
-struct Pool: Operator {
+struct Pool: ChannelsLastOperator {
   enum Kind { case max, average, lp }
 
   let kind: Kind
@@ -69,8 +69,11 @@ struct Pool: Operator {
   }
 
   func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
-    let x = try context.input(inputs, 0, "X")
+    var x = try context.input(inputs, 0, "X")
     let spatialRank = kernel.count
+    // Only 2-D MaxPool without indices pools channels last; the rest converts.
+    let poolsChannelsLast = x.channelsLast && kind == .max && !wantsIndices && spatialRank == 2
+    if x.channelsLast && !poolsChannelsLast { x = x.planar() }
     guard x.rank == spatialRank + 2 else {
       throw context.error("input X has \(x.rank) dims, expected \(spatialRank + 2) (N, C and \(spatialRank) spatial dims of kernel_shape)")
     }
@@ -99,6 +102,11 @@ struct Pool: Operator {
       var y = [Float](repeating: 0, count: outCount)
       let indices = maxWithIndices(x.floats, &y, geometry, planes: planes, lowest: -Float.infinity, work: work)
       return [Tensor(shape: outShape, floats: y, dtype: x.dtype).normalized(), Tensor(shape: outShape, ints: indices, dtype: .int64)]
+    }
+    if poolsChannelsLast {
+      var y = Tensor(shape: outShape, floats: geometry.maxChannelsLast(x.floats, batch: x.shape[0], channels: x.shape[1], work: work), dtype: x.dtype)
+      y.channelsLast = true
+      return [context.mayWriteChannelsLast ? y : y.planar()]
     }
     let y: [Float]
     switch kind {
@@ -260,6 +268,47 @@ private struct PoolGeometry {
     inPlane = depth.size * height.size * width.size
     outPlane = depth.outSize * height.outSize * width.outSize
     tables = depth.table + height.table + width.table
+  }
+
+  /// 2-D max pooling of a channels-last `x` (N, H, W, C in memory) into a channels-last result:
+  /// each output position folds the C-long rows of its window's in-bounds taps.
+  func maxChannelsLast(_ x: [Float], batch: Int, channels: Int, work: Int) -> [Float] {
+    let (outHeight, outWidth, inWidth) = (height.outSize, width.outSize, width.size)
+    let (inImage, outCount) = (height.size * inWidth * channels, batch * outHeight * outWidth * channels)
+    let (dh, dw) = (height.dilation, width.dilation)
+    let table = (height.table, width.table)
+    return [Float](unsafeUninitializedCapacity: outCount) { y, initialized in
+      x.withUnsafeBufferPointer { x in
+        let x = x.baseAddress!, y = y.baseAddress!
+        Parallel.forEachRange(batch * outHeight, work: work) { range in
+          for row in range {
+            let (n, oh) = (row / outHeight, row % outHeight)
+            let (hFirst, hCount) = (table.0[oh], table.0[outHeight + oh])
+            for ow in 0..<outWidth {
+              let out = y + (row * outWidth + ow) * channels
+              let (wFirst, wCount) = (table.1[ow], table.1[outWidth + ow])
+              if hCount == 0 || wCount == 0 {
+                out.initialize(repeating: -.infinity, count: channels)
+                continue
+              }
+              var first = true
+              for th in 0..<hCount {
+                for tw in 0..<wCount {
+                  let tap = x + n * inImage + ((hFirst + th * dh) * inWidth + wFirst + tw * dw) * channels
+                  if first {
+                    out.initialize(from: tap, count: channels)
+                    first = false
+                  } else {
+                    for c in 0..<channels { out[c] = tap[c] > out[c] ? tap[c] : out[c] }
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      initialized = outCount
+    }
   }
 
   /// Pools every (N, C) plane of `x` with `reduction` over the in-bounds values of each window.

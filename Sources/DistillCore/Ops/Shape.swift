@@ -63,7 +63,7 @@ struct ConstantOfShape: Operator {
 
 /// `Shape`: the input's dims as int64, optionally the `start..<end` part of them (opset 15)
 /// (https://onnx.ai/onnx/operators/onnx__Shape.html).
-struct ShapeOf: Operator {
+struct ShapeOf: ChannelsLastOperator {
   let start: Int
   let end: Int?
 
@@ -82,7 +82,7 @@ struct ShapeOf: Operator {
 }
 
 /// `Size`: the input's element count as an int64 scalar (https://onnx.ai/onnx/operators/onnx__Size.html).
-struct SizeOf: Operator {
+struct SizeOf: ChannelsLastOperator {
   init(_ node: Node, _ setup: OperatorSetup) throws {}
 
   func forward(_ inputs: [Tensor?], _ context: ExecutionContext) throws -> [Tensor] {
@@ -634,8 +634,8 @@ struct SpaceToDepth: Operator {
   }
 }
 
-/// Helpers shared by the operators in this file.
-private enum Layout {
+/// Layout helpers of the shape operators (also used for channels-last copies).
+enum Layout {
   /// The input at `index` when the node gives it.
   static func optional(_ inputs: [Tensor?], _ index: Int) -> Tensor? { index < inputs.count ? inputs[index] : nil }
 

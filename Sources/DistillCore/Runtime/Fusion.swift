@@ -7,6 +7,8 @@
 enum Fusion {
   static let activationAttribute = "distill.activation"
   static let residualAttribute = "distill.residual"
+  /// The domain of operators only fusion creates (`fusedOperators`).
+  static let domain = "distill"
 
   /// Without `foldBatchNorm` (training, where BatchNormalization uses batch statistics) only
   /// residual Adds and activations are fused; fused convolutions differentiate through both.
@@ -21,8 +23,10 @@ enum Fusion {
     // Constant values: initializers and Constant nodes' tensors (Paddle exports keep weights there).
     var constants = Dictionary(
       graph.initializers.compactMap { tensor in tensor.name.map { ($0, tensor) } }, uniquingKeysWith: { first, _ in first })
-    for node in nodes where node.opType == "Constant" && node.outputs.count == 1 {
-      if case .tensor(let tensor)? = node.attribute("value")?.value { constants[node.outputs[0]] = tensor }
+    for node in nodes where node.outputs.count == 1 && Graph.canonicalDomain(node.domain).isEmpty {
+      if node.opType == "Constant", case .tensor(let tensor)? = node.attribute("value")?.value { constants[node.outputs[0]] = tensor }
+      // PyTorch's exporter reads parameters it merged through Identity copies.
+      if node.opType == "Identity", let source = node.inputs.first.flatMap({ constants[$0] }) { constants[node.outputs[0]] = source }
     }
     var removed = Set<Int>()
 
@@ -33,6 +37,15 @@ enum Fusion {
     func scalar(_ name: String?) -> Float? {
       guard let name, let tensor = constants[name], tensor.dataType == .float, tensor.elementCount == 1 else { return nil }
       return tensor.bytes.withUnsafeBytes { $0.load(as: Float.self) }
+    }
+
+    if foldBatchNorm {
+      for index in nodes.indices where !removed.contains(index) {
+        guard let fused = groupNormalization(at: index, nodes, constants, producer, soleConsumer) else { continue }
+        removed.formUnion(fused.absorbed)
+        removed.remove(fused.position)
+        nodes[fused.position] = fused.node
+      }
     }
 
     var folded: [TensorValue] = []
@@ -100,6 +113,57 @@ enum Fusion {
     result.nodes = nodes.enumerated().filter { !removed.contains($0.offset) }.map(\.element)
     result.initializers += folded
     return result
+  }
+
+  /// PyTorch's export of GroupNorm starting at the Reshape `nodes[start]`: Reshape(X, [0, G, -1]),
+  /// InstanceNormalization with constant scale and bias, Reshape to Shape(X), Mul and Add by
+  /// constants of one value per channel ([C, 1, 1] or [1, C, 1, 1]), and optionally Relu, each the
+  /// sole reader of the one before. The fused node (`FusedGroupNormalization`) goes where the last
+  /// absorbed node was; `absorbed` lists every node it replaces.
+  private static func groupNormalization(
+    at start: Int, _ nodes: [Node], _ constants: [String: TensorValue], _ producer: [String: Int], _ soleConsumer: (String) -> Int?
+  ) -> (node: Node, position: Int, absorbed: [Int])? {
+    func isDefault(_ node: Node, _ type: String) -> Bool { node.opType == type && Graph.canonicalDomain(node.domain).isEmpty }
+    func ints(_ name: String) -> [Int64]? {
+      guard let tensor = constants[name], tensor.dataType == .int64 else { return nil }
+      return tensor.bytes.withUnsafeBytes { Array($0.bindMemory(to: Int64.self)) }
+    }
+    /// The other input of a binary `node` reading `value`, when it is a per-channel constant.
+    func perChannel(_ node: Node, reading value: String) -> String? {
+      guard node.inputs.count == 2, node.inputs.contains(value), node.inputs[0] != node.inputs[1] else { return nil }
+      let other = node.inputs[0] == value ? node.inputs[1] : node.inputs[0]
+      guard let tensor = constants[other], tensor.dataType == .float, tensor.elementCount > 1 else { return nil }
+      let dims = tensor.dims.map { Int($0) }
+      return dims == [dims[0], 1, 1] || (dims.count == 4 && dims == [1, dims[1], 1, 1]) ? other : nil
+    }
+    let reshape = nodes[start]
+    guard isDefault(reshape, "Reshape"), reshape.inputs.count == 2, (reshape.intAttribute("allowzero") ?? 0) == 0,
+      let target = ints(reshape.inputs[1]), target.count == 3, target[0] == 0, target[1] > 0, target[2] == -1,
+      let normIndex = soleConsumer(reshape.outputs[0]), isDefault(nodes[normIndex], "InstanceNormalization"),
+      nodes[normIndex].inputs.count == 3, nodes[normIndex].inputs[0] == reshape.outputs[0],
+      nodes[normIndex].inputs[1...].allSatisfy({ constants[$0]?.dataType == .float && constants[$0]?.elementCount == Int(target[1]) }),
+      let backIndex = soleConsumer(nodes[normIndex].outputs[0]), isDefault(nodes[backIndex], "Reshape"),
+      nodes[backIndex].inputs.count == 2, nodes[backIndex].inputs[0] == nodes[normIndex].outputs[0],
+      let shapeIndex = producer[nodes[backIndex].inputs[1]], isDefault(nodes[shapeIndex], "Shape"),
+      nodes[shapeIndex].inputs == [reshape.inputs[0]], nodes[shapeIndex].attributes.isEmpty,
+      let mulIndex = soleConsumer(nodes[backIndex].outputs[0]), isDefault(nodes[mulIndex], "Mul"),
+      let scale = perChannel(nodes[mulIndex], reading: nodes[backIndex].outputs[0]),
+      let addIndex = soleConsumer(nodes[mulIndex].outputs[0]), isDefault(nodes[addIndex], "Add"),
+      let bias = perChannel(nodes[addIndex], reading: nodes[mulIndex].outputs[0])
+    else { return nil }
+    var absorbed = [start, normIndex, backIndex, mulIndex, addIndex]
+    var fused = Node(
+      name: nodes[normIndex].name, opType: "GroupNormalization", domain: domain,
+      inputs: [reshape.inputs[0], nodes[normIndex].inputs[1], nodes[normIndex].inputs[2], scale, bias], outputs: nodes[addIndex].outputs,
+      attributes: [Attribute(name: "epsilon", value: .float(nodes[normIndex].floatAttribute("epsilon") ?? 1e-5))],
+      docString: "fused GroupNorm: Reshape, InstanceNormalization, Reshape, Mul, Add")
+    if let reluIndex = soleConsumer(nodes[addIndex].outputs[0]), isDefault(nodes[reluIndex], "Relu") {
+      absorbed.append(reluIndex)
+      fused.attributes.append(Attribute(name: activationAttribute, value: .floats([0])))
+      fused.outputs = nodes[reluIndex].outputs
+      fused.docString! += ", Relu"
+    }
+    return (fused, absorbed.max()!, absorbed)
   }
 
   /// New weights and bias for `conv` followed by inference-mode `batchNorm`:

@@ -10,6 +10,10 @@ public final class Interpreter: @unchecked Sendable {
     let outputs: [Int?]
     /// Slots whose last use is this step.
     var releases: [Int] = []
+    /// The op is a `ChannelsLastOperator`.
+    var acceptsChannelsLast = false
+    /// In inference passes the op may write its first output channels last: every reader accepts it.
+    var writesChannelsLast = false
   }
 
   public let graph: Graph
@@ -119,6 +123,20 @@ public final class Interpreter: @unchecked Sendable {
     }
     let kept = Set(outputSlots).union(constants.keys)
     for (slot, index) in lastUse where !kept.contains(slot) { steps[index].releases.append(slot) }
+
+    var readByOthers = Set(outputSlots)
+    var read = Set<Int>()
+    for index in steps.indices {
+      steps[index].acceptsChannelsLast = steps[index].op is any ChannelsLastOperator
+      for case let input? in steps[index].inputs {
+        read.insert(input)
+        if !steps[index].acceptsChannelsLast { readByOthers.insert(input) }
+      }
+      for subgraph in steps[index].node.subgraphs { readByOthers.formUnion(subgraph.outerReferences.compactMap { slotOf[$0] }) }
+    }
+    for index in steps.indices where steps[index].acceptsChannelsLast {
+      if let first = steps[index].outputs.first, let slot = first { steps[index].writesChannelsLast = read.contains(slot) && !readByOthers.contains(slot) }
+    }
   }
 
   /// Prepares the main graph of `model`.
@@ -238,13 +256,18 @@ public final class Interpreter: @unchecked Sendable {
         recomputed.formUnion(step.outputs.compactMap { $0 })
       }
       var context = ExecutionContext(label: step.node.label, memoryBudget: budget) { name in
-        if let slot = self.slotOf[name], let value = values[slot] { return value }
+        if let slot = self.slotOf[name], let value = values[slot] { return value.planar() }
         return scope(name)
       }
       context.training = training
       if training { context.syncBatchStatistics = syncBatchStatistics }
       context.updateState = { name, value in state[name] = value }
-      let inputs = step.inputs.map { $0.flatMap { values[$0] } }
+      // Only passes that keep nothing for a backward pass use the channels-last layout.
+      context.mayWriteChannelsLast = !recording && step.writesChannelsLast
+      var inputs = step.inputs.map { $0.flatMap { values[$0] } }
+      if !step.acceptsChannelsLast {
+        for index in inputs.indices where inputs[index]?.channelsLast == true { inputs[index] = inputs[index]!.planar() }
+      }
       let start = profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
       let results = try step.op.forward(inputs, context)
       if profile != nil {
@@ -256,7 +279,7 @@ public final class Interpreter: @unchecked Sendable {
           throw RuntimeError("\(step.node.label): produced \(results.count) outputs, the node names \(step.outputs.count)")
         }
         if !replaced.contains(slot) { values[slot] = results[index] }
-        if tapSlots.contains(slot) { tapped[names[slot]] = results[index] }
+        if tapSlots.contains(slot) { tapped[names[slot]] = results[index].planar() }
       }
       if recording {
         records.append(Record(step: index, inputs: inputs, outputs: results))
@@ -264,10 +287,10 @@ public final class Interpreter: @unchecked Sendable {
         for slot in step.releases where !tapSlots.contains(slot) { values[slot] = nil }
       }
     }
-    for name in taps { if let slot = slotOf[name], let value = values[slot] { tapped[name] = value } }
+    for name in taps { if let slot = slotOf[name], let value = values[slot] { tapped[name] = value.planar() } }
     let outputs = try outputSlots.enumerated().map { index, slot -> Tensor in
       guard let value = values[slot] else { throw RuntimeError("graph output '\(graph.outputs[index].name)' was not computed") }
-      return value
+      return value.planar()
     }
     return (outputs, tapped, values, records, state, recomputed, boundary)
   }

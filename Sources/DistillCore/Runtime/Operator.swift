@@ -40,6 +40,9 @@ public struct ExecutionContext {
   /// In training, when set: BatchNormalization sums its batch statistics (and, backward, its
   /// gradient sums) over all processes of a data-parallel run (synchronized BatchNormalization).
   public var syncBatchStatistics: (any Collective)?
+  /// Whether a `ChannelsLastOperator` may write its first output channels last: every reader of
+  /// that value accepts the layout (set by the interpreter in inference passes only).
+  public var mayWriteChannelsLast = false
 
   public func error(_ message: String) -> RuntimeError { RuntimeError("\(label): \(message)") }
 

@@ -19,5 +19,6 @@ public struct OperatorRegistry: Sendable {
     (elementwiseOperators + shapeOperators + reductionOperators + convolutionOperators + poolingOperators
       + normalizationOperators + indexingOperators + resizeOperators + detectionOperators + controlFlowOperators)
       .map { (domain: "", op: $0.0, type: $0.1) }
-      + trainingOperators.map { (domain: "ai.onnx.preview.training", op: $0.0, type: $0.1) })
+      + trainingOperators.map { (domain: "ai.onnx.preview.training", op: $0.0, type: $0.1) }
+      + fusedOperators.map { (domain: Fusion.domain, op: $0.0, type: $0.1) })
 }

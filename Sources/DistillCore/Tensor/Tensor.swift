@@ -7,6 +7,11 @@ public struct Tensor: Sendable {
   public var shape: [Int]
   public var floats: [Float]
   public var ints: [Int64]
+  /// A 4-D float tensor whose `floats` are ordered N, H, W, C (channels last) while `shape` stays
+  /// N, C, H, W: the layout oneDNN's convolutions read and write without reordering. Only the
+  /// interpreter's inference passes make such tensors, and only operators that declare
+  /// `ChannelsLastOperator` see them (`planar()` converts for everything else).
+  public var channelsLast = false
 
   public init(shape: [Int], floats: [Float], dtype: DataType = .float) {
     precondition(shape.reduce(1, *) == floats.count, "shape \(shape) does not hold \(floats.count) values")
