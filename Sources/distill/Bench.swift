@@ -22,7 +22,8 @@ struct Bench: ParsableCommand {
   var profile = false
   @Flag(
     name: .long,
-    help: "Also time training steps: a recorded forward pass (BatchNormalization on batch statistics) and the backward pass to every parameter, unfused.")
+    help:
+      "Also time training steps: a recorded forward pass (BatchNormalization on batch statistics) and the backward pass to every parameter, unfused; train_to_forward_ratio compares them with the inference forward.")
   var train = false
 
   func validate() throws {
@@ -33,8 +34,9 @@ struct Bench: ParsableCommand {
 
   func run() throws {
     let loaded = try ModelFile.read(model)
-    // Training keeps BatchNormalization (batch statistics); the forward alone runs the same graph.
-    let interpreter = try Interpreter(model: loaded, foldBatchNorm: !train, promoteConstants: train)
+    let interpreter = try Interpreter(model: loaded)
+    // Training keeps BatchNormalization (batch statistics) and every parameter apart.
+    let trainer = train ? try Interpreter(model: loaded, foldBatchNorm: false, promoteConstants: true) : nil
     let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
     Parallel.threads = threadCount
     BLAS.threads = threadCount
@@ -61,7 +63,10 @@ struct Bench: ParsableCommand {
       let time = try measure { _ = try interpreter.run(feeds) }
       FileHandle.standardError.write(Data("warm-up \(pass + 1)/\(warmup): \(String(format: "%.1f", time)) ms\n".utf8))
     }
-    if profile { interpreter.profile = [:] }
+    if profile {
+      interpreter.profile = [:]
+      trainer?.profile = [:]
+    }
     var times: [Double] = []
     for pass in 0..<runs {
       let time = try measure { _ = try interpreter.run(feeds) }
@@ -73,14 +78,14 @@ struct Bench: ParsableCommand {
       return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
     var trainTimes: [Double] = []
-    if train {
-      let parameters = Set(interpreter.parameterNames)
+    if let trainer {
+      let parameters = Set(trainer.parameterNames)
       for pass in 0..<runs {
         let time = try measure {
-          let tape = try interpreter.record(feeds, training: true)
+          let tape = try trainer.record(feeds, training: true)
           var seeds: [String: Tensor] = [:]
           for (index, output) in tape.outputs.enumerated() where output.isFloat {
-            seeds[interpreter.graph.outputs[index].name] = Tensor(shape: output.shape, floats: [Float](repeating: 1, count: output.count), dtype: output.dtype)
+            seeds[trainer.graph.outputs[index].name] = Tensor(shape: output.shape, floats: [Float](repeating: 1, count: output.count), dtype: output.dtype)
           }
           _ = try tape.gradients(seeds: seeds, targets: parameters)
         }
@@ -88,7 +93,9 @@ struct Bench: ParsableCommand {
         FileHandle.standardError.write(Data("train step \(pass + 1)/\(runs): \(String(format: "%.1f", time)) ms\n".utf8))
       }
     }
-    if let spent = interpreter.profile {
+    for (title, spent) in [("forward", interpreter.profile), ("training step", trainer?.profile)] {
+      guard let spent else { continue }
+      FileHandle.standardError.write(Data("time per \(title), by op type:\n".utf8))
       let total = spent.values.reduce(0, +)
       for (op, ms) in spent.sorted(by: { $0.value > $1.value }) {
         FileHandle.standardError.write(Data(String(format: "%-24@ %10.1f ms %5.1f%%\n", op as NSString, ms / Double(runs), ms / total * 100).utf8))

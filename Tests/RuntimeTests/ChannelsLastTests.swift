@@ -140,10 +140,8 @@ final class ChannelsLastTests: XCTestCase {
     XCTAssertEqual(try isNaN.forward([withNaN.channelsLastCopy()], context(mayWriteChannelsLast: true))[0].ints.firstIndex(of: 1), 1)
   }
 
-  /// Conv, MaxPool, a residual block, an unfused Add and Relu, GroupNorm and a head: `run` (which
-  /// chains them channels last where oneDNN computes so) equals the recorded pass, outputs and a
-  /// tapped value in the middle alike.
-  func testInferencePassEqualsTheRecordedPass() throws {
+  /// Conv, MaxPool, a residual block, an unfused Add and Relu, GroupNorm and a head.
+  private func chainModel() -> (model: Model, block: String, weights: [String]) {
     var builder = GraphBuilder(name: "chain")
     let x = builder.input("x", shape: [2, 3, 24, 24])
     func conv(_ input: String, _ from: Int, _ to: Int, kernel: Int = 3, stride: Int = 1) -> String {
@@ -170,7 +168,15 @@ final class ChannelsLastTests: XCTestCase {
     let logits = conv(head, 32, 5)
     builder.output(logits)
     builder.output(side)
-    let interpreter = try Interpreter(model: builder.model, keep: [block])
+    let weights = builder.graph.nodes.filter { $0.opType == "Conv" }.flatMap { $0.inputs.dropFirst() }
+    return (builder.model, block, weights)
+  }
+
+  /// `run` (which chains the convolutions channels last where oneDNN computes so) equals the
+  /// recorded pass, outputs and a tapped value in the middle alike.
+  func testInferencePassEqualsTheRecordedPass() throws {
+    let (model, block, _) = chainModel()
+    let interpreter = try Interpreter(model: model, keep: [block])
     let feeds = ["x": Tensor(shape: [2, 3, 24, 24], floats: random(2 * 3 * 576))]
     let pass = try interpreter.run(feeds, taps: [block])
     let recorded = try interpreter.record(feeds, training: false)
@@ -181,5 +187,33 @@ final class ChannelsLastTests: XCTestCase {
     let tapped = try XCTUnwrap(pass.taps[block])
     XCTAssertFalse(tapped.channelsLast, "taps are planar")
     assertClose(tapped, try XCTUnwrap(recorded.value(block)), "tapped block output")
+  }
+
+  /// A recorded training pass chains convolutions channels last too: its gradients (seeded at the
+  /// outputs and at a value in the middle) equal those of the planar OpenBLAS path.
+  func testRecordedPassGradientsEqualThePlanarPath() throws {
+    let (model, block, weights) = chainModel()
+    let interpreter = try Interpreter(model: model, foldBatchNorm: false)
+    let feeds = ["x": Tensor(shape: [2, 3, 24, 24], floats: random(2 * 3 * 576))]
+    func gradients() throws -> [String: Tensor] {
+      let tape = try interpreter.record(feeds)
+      var seeds: [String: Tensor] = [:]
+      for (index, output) in tape.outputs.enumerated() { seeds[model.graph!.outputs[index].name] = Tensor(shape: output.shape, floats: random(output.count)) }
+      let middle = try XCTUnwrap(tape.value(block))
+      XCTAssertFalse(middle.channelsLast, "values read from a tape are planar")
+      seeds[block] = Tensor(shape: middle.shape, floats: random(middle.count))
+      return try tape.gradients(seeds: seeds, targets: Set(weights + ["x"]))
+    }
+    defer { DNNL.enabled = true }
+    DNNL.enabled = true
+    let saved = state
+    let fast = try gradients()
+    state = saved
+    DNNL.enabled = false
+    let reference = try gradients()
+    for name in weights + ["x"] {
+      XCTAssertFalse(fast[name]!.channelsLast)
+      assertClose(fast[name]!, reference[name]!, tolerance: 1e-4, "d\(name)")
+    }
   }
 }

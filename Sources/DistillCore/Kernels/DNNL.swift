@@ -51,6 +51,12 @@ public enum DNNL {
     }
 
     var isReordered: Bool { toChosen != nil }
+    /// The primitive's layout is N, H, W, C for a tensor of `dims`.
+    func isChannelsLast(dims: [Int]) -> Bool {
+      guard var nhwc = DNNL.descriptor(dims, dnnl_nhwc) else { return false }
+      var chosen = self.chosen
+      return dnnl_memory_desc_equal(&nhwc, &chosen) != 0
+    }
     var bytes: Int { withUnsafePointer(to: chosen) { dnnl_memory_desc_get_size($0) } }
   }
 
@@ -68,13 +74,8 @@ public enum DNNL {
     ) {
       (self.primitive, self.source, self.weights, self.destination, self.bias) = (primitive, source, weights, destination, bias)
       self.scratchpad = scratchpad
-      func isChannelsLast(_ operand: Operand, _ dims: [Int]) -> Bool {
-        guard var nhwc = DNNL.descriptor(dims, dnnl_nhwc) else { return false }
-        var chosen = operand.chosen
-        return dnnl_memory_desc_equal(&nhwc, &chosen) != 0
-      }
-      channelsLastSource = isChannelsLast(source, [shape.batch, shape.channels] + shape.input)
-      channelsLastDestination = isChannelsLast(destination, [shape.batch, shape.filters] + shape.output)
+      channelsLastSource = source.isChannelsLast(dims: [shape.batch, shape.channels] + shape.input)
+      channelsLastDestination = destination.isChannelsLast(dims: [shape.batch, shape.filters] + shape.output)
     }
   }
 
@@ -88,6 +89,9 @@ public enum DNNL {
       var (a, b) = (dataOutputGradient.chosen, weightsOutputGradient.chosen)
       return dnnl_memory_desc_equal(&a, &b) != 0
     }
+    /// Both primitives read dY, the weights primitive reads X, the data primitive writes dX in
+    /// N, H, W, C order (set once planned).
+    var channelsLastOutputGradient = false, channelsLastSource = false, channelsLastSourceGradient = false
 
     init(
       data: dnnl_primitive_t, dataGradient: Operand, dataWeights: Operand, dataOutputGradient: Operand, weights: dnnl_primitive_t,
@@ -213,27 +217,46 @@ public enum DNNL {
     return true
   }
 
+  /// Which of dY, X and dX the backward primitives keep channels last (N, H, W, C) for this CPU;
+  /// nil when oneDNN is off or has no kernel for this shape.
+  static func backwardLayouts(_ shape: Shape) -> (outputGradient: Bool, source: Bool, sourceGradient: Bool)? {
+    guard enabled, let runtime else { return nil }
+    lock.lock()
+    defer { lock.unlock() }
+    return backwardPlan(shape, runtime).map { ($0.channelsLastOutputGradient, $0.channelsLastSource, $0.channelsLastSourceGradient) }
+  }
+
   /// `dx = conv^T(dy, w)` (unless `dx` is nil) and `dw = dy (x) x`, both overwritten; false
-  /// (nothing written) when oneDNN is off or has no kernel for this shape.
+  /// (nothing written) when oneDNN is off or has no kernel for this shape. The `...ChannelsLast`
+  /// flags say `dy`, `x`, `dx` are in N, H, W, C order, which `backwardLayouts` must have
+  /// reported as the primitives' own; else they are N, C, H, W.
   static func convolutionBackward(
     _ shape: Shape, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>?,
-    _ dw: UnsafeMutablePointer<Float>
+    _ dw: UnsafeMutablePointer<Float>, outputGradientChannelsLast: Bool = false, sourceChannelsLast: Bool = false,
+    sourceGradientChannelsLast: Bool = false
   ) -> Bool {
     guard enabled, let runtime else { return false }
     lock.lock()
     defer { lock.unlock() }
-    if backwardPlans[shape] == nil { backwardPlans[shape] = backwardPlan(shape, runtime) }
-    guard let plan = backwardPlans[shape]! else { return false }
+    guard let plan = backwardPlan(shape, runtime) else { return false }
+    precondition(
+      (!outputGradientChannelsLast || plan.channelsLastOutputGradient) && (!sourceChannelsLast || plan.channelsLastSource)
+        && (!sourceGradientChannelsLast || plan.channelsLastSourceGradient), "a channels-last operand the convolution does not use")
     omp_set_num_threads(Int32(Parallel.threads))
     var scratch: [() -> Void] = []
     defer { for release in scratch { release() } }
     let gradient = UnsafeMutableRawPointer(mutating: dy)
     var reordered: dnnl_memory_t?
     if let dx {
-      let outputGradient = input(plan.dataOutputGradient, gradient, runtime, &scratch)
+      let outputGradient =
+        outputGradientChannelsLast
+        ? memory(&plan.dataOutputGradient.chosen, gradient, runtime, &scratch) : input(plan.dataOutputGradient, gradient, runtime, &scratch)
       reordered = outputGradient
       let weights = input(plan.dataWeights, UnsafeMutableRawPointer(mutating: w), runtime, &scratch)
-      let result = output(plan.dataGradient, dx, seeded: false, runtime, &scratch)
+      let result =
+        sourceGradientChannelsLast
+        ? (chosen: memory(&plan.dataGradient.chosen, UnsafeMutableRawPointer(dx), runtime, &scratch), finish: {})
+        : output(plan.dataGradient, dx, seeded: false, runtime, &scratch)
       execute(
         plan.data,
         [
@@ -244,9 +267,15 @@ public enum DNNL {
     }
     // Both primitives often want dY in the same layout: reordered once then.
     let outputGradient =
-      plan.sameOutputGradientLayout ? reordered ?? input(plan.weightsOutputGradient, gradient, runtime, &scratch)
-      : input(plan.weightsOutputGradient, gradient, runtime, &scratch)
-    let source = input(plan.weightsSource, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
+      outputGradientChannelsLast
+      ? memory(&plan.weightsOutputGradient.chosen, gradient, runtime, &scratch)
+      : plan.sameOutputGradientLayout
+        ? reordered ?? input(plan.weightsOutputGradient, gradient, runtime, &scratch)
+        : input(plan.weightsOutputGradient, gradient, runtime, &scratch)
+    let source =
+      sourceChannelsLast
+      ? memory(&plan.weightsSource.chosen, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
+      : input(plan.weightsSource, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
     let result = output(plan.weightsGradient, dw, seeded: false, runtime, &scratch)
     execute(
       plan.weights,
@@ -415,7 +444,15 @@ public enum DNNL {
       bias: bias ? descriptor([shape.filters], dnnl_x) : nil, scratchpad: chosen(description, dnnl_query_scratchpad_md), shape: shape)
   }
 
+  /// The cached backward plan of a convolution (made on first use; the caller holds `lock`).
   private static func backwardPlan(_ shape: Shape, _ runtime: Runtime) -> BackwardPlan? {
+    if let plan = backwardPlans[shape] { return plan }
+    let plan = newBackwardPlan(shape, runtime)
+    backwardPlans[shape] = plan
+    return plan
+  }
+
+  private static func newBackwardPlan(_ shape: Shape, _ runtime: Runtime) -> BackwardPlan? {
     guard var (plain, any) = descriptors(shape),
       let hint = forwardDescription(shape, kind: dnnl_forward_training, bias: false, attributes: nil, runtime)
     else { return nil }
@@ -459,6 +496,11 @@ public enum DNNL {
       weightsGradient: weightsGradient, weightsSource: weightsSource, weightsOutputGradient: weightsOutputGradient)
     plan.dataScratchpad = chosen(dataDescription, dnnl_query_scratchpad_md)
     plan.weightsScratchpad = chosen(weightsDescription, dnnl_query_scratchpad_md)
+    let (sourceDims, outputDims) = ([shape.batch, shape.channels] + shape.input, [shape.batch, shape.filters] + shape.output)
+    plan.channelsLastOutputGradient =
+      dataOutputGradient.isChannelsLast(dims: outputDims) && weightsOutputGradient.isChannelsLast(dims: outputDims)
+    plan.channelsLastSource = weightsSource.isChannelsLast(dims: sourceDims)
+    plan.channelsLastSourceGradient = dataGradient.isChannelsLast(dims: sourceDims)
     return plan
   }
 }

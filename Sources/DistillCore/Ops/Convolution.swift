@@ -625,11 +625,11 @@ extension ConvGeometry {
   }
 }
 
-extension Conv: DifferentiableOperator {
+extension Conv: ChannelsLastDifferentiable {
   func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
     -> [Tensor?]
   {
-    guard var dy = outputGradients[0], let x = inputs[0], let w = inputs[1] else { return inputs.map { _ in nil } }
+    guard var dy = outputGradients[0], var x = inputs[0], let w = inputs[1] else { return inputs.map { _ in nil } }
     // A fused activation passes the gradient where its output shows it was active; a fused
     // residual receives that gradient as it is (the tape sums it down if it broadcast).
     if activation != .none {
@@ -657,9 +657,16 @@ extension Conv: DifferentiableOperator {
     let g = try geometry(x, w, context)
     let group = attributes.group
     let (batch, channels, filters) = (x.shape[0], x.shape[1], w.shape[0])
+    // oneDNN may read dY and X and write dX channels last (as a recorded pass chains them);
+    // everything else computes planar.
+    let dnnlShape = DNNL.Shape(batch: batch, channels: channels, filters: filters, g)
+    let layouts = group == 1 && g.spatialRank == 2 ? DNNL.backwardLayouts(dnnlShape) : nil
+    if x.channelsLast && layouts?.source != true { x = x.planar() }
+    if dy.channelsLast && layouts?.outputGradient != true { dy = dy.planar() }
+    let dxChannelsLast = inputs[0]!.channelsLast && layouts?.sourceGradient == true
     // oneDNN writes every element of both; the other paths accumulate into zeros.
     let depthwise = group == channels && w.shape[1] == 1 && g.spatialRank == 2
-    let onDNNL = group == 1 && g.spatialRank == 2 && DNNL.enabled
+    let onDNNL = layouts != nil
     var dx = onDNNL && context.needsGradient(0) ? uninitializedFloats(x.count) : [Float](repeating: 0, count: x.count)
     var dw = onDNNL ? uninitializedFloats(w.count) : [Float](repeating: 0, count: w.count)
     x.floats.withUnsafeBufferPointer { px in
@@ -675,13 +682,13 @@ extension Conv: DifferentiableOperator {
               }
               if onDNNL {
                 if DNNL.convolutionBackward(
-                  DNNL.Shape(batch: batch, channels: channels, filters: filters, g), px.baseAddress!, pw.baseAddress!, pdy.baseAddress!,
-                  context.needsGradient(0) ? pdx.baseAddress! : nil, pdw.baseAddress!)
+                  dnnlShape, px.baseAddress!, pw.baseAddress!, pdy.baseAddress!, context.needsGradient(0) ? pdx.baseAddress! : nil,
+                  pdw.baseAddress!, outputGradientChannelsLast: dy.channelsLast, sourceChannelsLast: x.channelsLast,
+                  sourceGradientChannelsLast: dxChannelsLast)
                 {
                   return
                 }
-                pdx.update(repeating: 0)
-                pdw.update(repeating: 0)
+                preconditionFailure("oneDNN refused a convolution it planned")
               }
               Conv.gemmBackward(
                 px.baseAddress!, pw.baseAddress!, pdy.baseAddress!, context.needsGradient(0) ? pdx.baseAddress! : nil,
@@ -691,9 +698,15 @@ extension Conv: DifferentiableOperator {
         }
       }
     }
-    var gradients: [Tensor?] = [Tensor(shape: x.shape, floats: dx, dtype: x.dtype), Tensor(shape: w.shape, floats: dw, dtype: w.dtype)]
+    var dxTensor = Tensor(shape: x.shape, floats: dx, dtype: x.dtype)
+    dxTensor.channelsLast = dxChannelsLast
+    var gradients: [Tensor?] = [dxTensor, Tensor(shape: w.shape, floats: dw, dtype: w.dtype)]
     if inputs.count > 2, let bias = inputs[2] {
-      gradients.append(Tensor(shape: bias.shape, floats: Conv.sumPlanes(dy.floats, batch: batch, filters: filters, size: g.outputSize), dtype: bias.dtype))
+      let sums =
+        dy.channelsLast
+        ? Conv.sumChannels(dy.floats, rows: batch * g.outputSize, filters: filters)
+        : Conv.sumPlanes(dy.floats, batch: batch, filters: filters, size: g.outputSize)
+      gradients.append(Tensor(shape: bias.shape, floats: sums, dtype: bias.dtype))
     }
     gradients += Array(repeating: nil, count: max(0, inputs.count - gradients.count))
     if residual { gradients[3] = residualGradient }
@@ -762,6 +775,26 @@ extension Conv: DifferentiableOperator {
 
   /// Per-filter sums of an [N, M, size] gradient (the bias gradient), filters in parallel, each
   /// plane over eight interleaved partial sums.
+  /// Per channel, the sum of a channels-last [rows, filters] array: rows split over the threads,
+  /// each summing its part into a row of partial sums.
+  static func sumChannels(_ values: [Float], rows: Int, filters: Int) -> [Float] {
+    let chunks = max(1, min(rows, Parallel.threads * 2))
+    var partials = [Float](repeating: 0, count: chunks * filters)
+    values.withUnsafeBufferPointer { p in
+      partials.withUnsafeMutableBufferPointer { partials in
+        let (p, partials) = (p.baseAddress!, partials.baseAddress!)
+        Parallel.forEach(chunks, work: values.count) { chunk in
+          let sums = partials + chunk * filters
+          for row in (rows * chunk / chunks)..<(rows * (chunk + 1) / chunks) {
+            let values = p + row * filters
+            for m in 0..<filters { sums[m] += 2 * values[m] }
+          }
+        }
+      }
+    }
+    return (0..<filters).map { m in (0..<chunks).reduce(0) { $0 + partials[$1 * filters + m] } }
+  }
+
   static func sumPlanes(_ values: [Float], batch: Int, filters: Int, size: Int) -> [Float] {
     [Float](unsafeUninitializedCapacity: filters) { sums, initialized in
       values.withUnsafeBufferPointer { p in

@@ -36,6 +36,7 @@ extension Tensor {
   /// Elementwise `self += other` for gradient accumulation (same shape).
   public mutating func accumulate(_ other: Tensor) {
     precondition(shape == other.shape, "accumulating \(other.shapeDescription) into \(shapeDescription)")
+    precondition(channelsLast == other.channelsLast, "accumulating tensors of different layouts")
     floats.withUnsafeMutableBufferPointer { out in
       other.floats.withUnsafeBufferPointer { source in
         for index in out.indices { out[index] += source[index] }

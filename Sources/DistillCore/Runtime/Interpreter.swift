@@ -14,6 +14,8 @@ public final class Interpreter: @unchecked Sendable {
     var acceptsChannelsLast = false
     /// In inference passes the op may write its first output channels last: every reader accepts it.
     var writesChannelsLast = false
+    /// The same in recorded passes: every reader also differentiates in the layout.
+    var writesChannelsLastRecorded = false
   }
 
   public let graph: Graph
@@ -124,18 +126,27 @@ public final class Interpreter: @unchecked Sendable {
     let kept = Set(outputSlots).union(constants.keys)
     for (slot, index) in lastUse where !kept.contains(slot) { steps[index].releases.append(slot) }
 
-    var readByOthers = Set(outputSlots)
+    // Which values only channels-last readers read (in inference passes; in recorded ones).
+    var readByOthers = Set(outputSlots), readByOthersRecorded = Set(outputSlots)
     var read = Set<Int>()
     for index in steps.indices {
       steps[index].acceptsChannelsLast = steps[index].op is any ChannelsLastOperator
+      let differentiates = steps[index].op is any ChannelsLastDifferentiable
       for case let input? in steps[index].inputs {
         read.insert(input)
         if !steps[index].acceptsChannelsLast { readByOthers.insert(input) }
+        if !differentiates { readByOthersRecorded.insert(input) }
       }
-      for subgraph in steps[index].node.subgraphs { readByOthers.formUnion(subgraph.outerReferences.compactMap { slotOf[$0] }) }
+      for subgraph in steps[index].node.subgraphs {
+        let outer = subgraph.outerReferences.compactMap { slotOf[$0] }
+        readByOthers.formUnion(outer)
+        readByOthersRecorded.formUnion(outer)
+      }
     }
     for index in steps.indices where steps[index].acceptsChannelsLast {
-      if let first = steps[index].outputs.first, let slot = first { steps[index].writesChannelsLast = read.contains(slot) && !readByOthers.contains(slot) }
+      guard let first = steps[index].outputs.first, let slot = first, read.contains(slot) else { continue }
+      steps[index].writesChannelsLast = !readByOthers.contains(slot)
+      steps[index].writesChannelsLastRecorded = steps[index].op is any ChannelsLastDifferentiable && !readByOthersRecorded.contains(slot)
     }
   }
 
@@ -262,8 +273,7 @@ public final class Interpreter: @unchecked Sendable {
       context.training = training
       if training { context.syncBatchStatistics = syncBatchStatistics }
       context.updateState = { name, value in state[name] = value }
-      // Only passes that keep nothing for a backward pass use the channels-last layout.
-      context.mayWriteChannelsLast = !recording && step.writesChannelsLast
+      context.mayWriteChannelsLast = recording ? step.writesChannelsLastRecorded : step.writesChannelsLast
       var inputs = step.inputs.map { $0.flatMap { values[$0] } }
       if !step.acceptsChannelsLast {
         for index in inputs.indices where inputs[index]?.channelsLast == true { inputs[index] = inputs[index]!.planar() }

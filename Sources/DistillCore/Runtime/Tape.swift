@@ -36,7 +36,7 @@ public final class Tape {
   }
 
   /// The value `name` took in the recorded pass.
-  public func value(_ name: String) -> Tensor? { interpreter.slot(named: name).flatMap { values[$0] } }
+  public func value(_ name: String) -> Tensor? { interpreter.slot(named: name).flatMap { values[$0]?.planar() } }
 
   /// This pass again, recorded, with the values in `overriding` (initializers, inputs or node
   /// outputs, each keeping its shape and dtype) replaced: only the nodes downstream of a replaced
@@ -89,7 +89,7 @@ public final class Tape {
       guard seed.shape == value.shape, seed.isFloat else {
         throw RuntimeError("seed for '\(name)' is \(seed.shapeDescription), the value is \(value.shapeDescription)")
       }
-      gradients[slot] = seed
+      gradients[slot] = value.channelsLast ? seed.channelsLastCopy() : seed
     }
     for record in records.reversed() {
       let step = interpreter.stepInfo(record.step)
@@ -109,13 +109,22 @@ public final class Tape {
       let wantedIndices = Set(wanted.map(\.offset))
       context.neededGradients = step.inputs.indices.map(wantedIndices.contains)
       let start = interpreter.profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
-      let inputGradients = try op.backward(record.inputs, record.outputs, outputGradients, context)
+      let inputGradients: [Tensor?]
+      if op is any ChannelsLastDifferentiable {
+        inputGradients = try op.backward(record.inputs, record.outputs, outputGradients, context)
+      } else {
+        // The recorded pass gives such ops only planar values; this keeps it so if that changes.
+        inputGradients = try op.backward(
+          record.inputs.map { $0?.planar() }, record.outputs.map { $0.planar() }, outputGradients.map { $0?.planar() }, context)
+      }
       if interpreter.profile != nil {
         interpreter.profile!["backward " + step.node.opType, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
       }
       for (index, slot) in wanted {
         guard index < inputGradients.count, let gradient = inputGradients[index], let slot, let input = record.inputs[index] else { continue }
-        let reduced = gradient.summed(to: input.shape)
+        // Each value's gradient is kept in the value's own layout.
+        var reduced = gradient.shape == input.shape ? gradient : gradient.planar().summed(to: input.shape)
+        if reduced.channelsLast != input.channelsLast { reduced = input.channelsLast ? reduced.channelsLastCopy() : reduced.planar() }
         if gradients[slot] == nil { gradients[slot] = reduced } else { gradients[slot]!.accumulate(reduced) }
       }
     }
@@ -123,7 +132,7 @@ public final class Tape {
     for name in targets {
       let slot = interpreter.slot(named: name)!
       if let gradient = gradients[slot], replay?.replaced.contains(slot) != true {
-        result[name] = gradient
+        result[name] = gradient.planar()
       } else if let value = values[slot] {
         result[name] = Tensor(zeros: value.shape, dtype: value.dtype)
       }

@@ -35,3 +35,9 @@ extension Tensor {
 /// write its first output channels last when `ExecutionContext.mayWriteChannelsLast` allows it.
 /// The interpreter converts channels-last inputs with `planar()` for every other operator.
 protocol ChannelsLastOperator: Operator {}
+
+/// A `ChannelsLastOperator` whose backward pass also takes channels-last inputs, outputs and
+/// output gradients (each output's gradient in that output's layout) and flags the layout of the
+/// input gradients it returns. Recorded passes keep a value channels last only when every reader is
+/// one of these; the tape converts gradients to their value's layout.
+protocol ChannelsLastDifferentiable: ChannelsLastOperator, DifferentiableOperator {}
