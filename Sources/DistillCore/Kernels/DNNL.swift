@@ -30,33 +30,43 @@ public enum DNNL {
     var kind: String
   }
 
-  /// A plain (NCHW / OIHW / X) tensor and the layout a primitive chose for it, with the reorders
-  /// between the two when they differ.
+  /// A tensor as callers hold it, plain (NCHW / OIHW / X) or, for activations, channels last
+  /// (NHWC), and the layout a primitive chose for it, with the reorders between a caller's layout
+  /// and the chosen one (made on first use, none where they are the same).
   private final class Operand {
     let plain: dnnl_memory_desc_t
+    let channelsLast: dnnl_memory_desc_t?
     var chosen: dnnl_memory_desc_t
-    let toChosen: dnnl_primitive_t?
-    let toPlain: dnnl_primitive_t?
+    /// By caller layout (channels last or not): to the chosen layout and back; nil: no reorder.
+    private var reorders: [Bool: (there: dnnl_primitive_t, back: dnnl_primitive_t)?] = [:]
 
-    init?(_ plain: dnnl_memory_desc_t, _ chosen: dnnl_memory_desc_t) {
-      var (plain, chosen) = (plain, chosen)
-      self.plain = plain
-      self.chosen = chosen
-      if dnnl_memory_desc_equal(&plain, &chosen) != 0 {
-        (toChosen, toPlain) = (nil, nil)
-        return
+    /// nil when oneDNN cannot reorder between the plain and the chosen layout.
+    init?(_ plain: dnnl_memory_desc_t, _ chosen: dnnl_memory_desc_t, activation dims: [Int]? = nil) {
+      (self.plain, self.chosen) = (plain, chosen)
+      channelsLast = dims.flatMap { DNNL.descriptor($0, dnnl_nhwc) }
+      guard reorders(channelsLast: false) != nil || isChosen(channelsLast: false) else { return nil }
+    }
+
+    func user(channelsLast: Bool) -> dnnl_memory_desc_t { channelsLast ? self.channelsLast! : plain }
+
+    func isChosen(channelsLast: Bool) -> Bool {
+      var (user, chosen) = (user(channelsLast: channelsLast), self.chosen)
+      return dnnl_memory_desc_equal(&user, &chosen) != 0
+    }
+
+    /// The reorders between the caller's layout and the chosen one; nil when they are the same
+    /// (or oneDNN has none, which planning rules out for the plain layout).
+    func reorders(channelsLast: Bool) -> (there: dnnl_primitive_t, back: dnnl_primitive_t)? {
+      if let known = reorders[channelsLast] { return known }
+      var (user, chosen) = (user(channelsLast: channelsLast), self.chosen)
+      var made: (there: dnnl_primitive_t, back: dnnl_primitive_t)?
+      if dnnl_memory_desc_equal(&user, &chosen) == 0, let there = DNNL.reorder(&user, &chosen), let back = DNNL.reorder(&chosen, &user) {
+        made = (there, back)
       }
-      guard let there = DNNL.reorder(&plain, &chosen), let back = DNNL.reorder(&chosen, &plain) else { return nil }
-      (toChosen, toPlain) = (there, back)
+      reorders[channelsLast] = made
+      return made
     }
 
-    var isReordered: Bool { toChosen != nil }
-    /// The primitive's layout is N, H, W, C for a tensor of `dims`.
-    func isChannelsLast(dims: [Int]) -> Bool {
-      guard var nhwc = DNNL.descriptor(dims, dnnl_nhwc) else { return false }
-      var chosen = self.chosen
-      return dnnl_memory_desc_equal(&nhwc, &chosen) != 0
-    }
     var bytes: Int { withUnsafePointer(to: chosen) { dnnl_memory_desc_get_size($0) } }
   }
 
@@ -65,17 +75,13 @@ public enum DNNL {
     let source, weights, destination: Operand
     let bias: dnnl_memory_desc_t?
     var scratchpad: dnnl_memory_desc_t
-    /// The primitive reads its source / writes its destination in N, H, W, C order.
-    let channelsLastSource, channelsLastDestination: Bool
 
     init(
       primitive: dnnl_primitive_t, source: Operand, weights: Operand, destination: Operand, bias: dnnl_memory_desc_t?,
-      scratchpad: dnnl_memory_desc_t, shape: Shape
+      scratchpad: dnnl_memory_desc_t
     ) {
       (self.primitive, self.source, self.weights, self.destination, self.bias) = (primitive, source, weights, destination, bias)
       self.scratchpad = scratchpad
-      channelsLastSource = source.isChannelsLast(dims: [shape.batch, shape.channels] + shape.input)
-      channelsLastDestination = destination.isChannelsLast(dims: [shape.batch, shape.filters] + shape.output)
     }
   }
 
@@ -89,9 +95,6 @@ public enum DNNL {
       var (a, b) = (dataOutputGradient.chosen, weightsOutputGradient.chosen)
       return dnnl_memory_desc_equal(&a, &b) != 0
     }
-    /// Both primitives read dY, the weights primitive reads X, the data primitive writes dX in
-    /// N, H, W, C order (set once planned).
-    var channelsLastOutputGradient = false, channelsLastSource = false, channelsLastSourceGradient = false
 
     init(
       data: dnnl_primitive_t, dataGradient: Operand, dataWeights: Operand, dataOutputGradient: Operand, weights: dnnl_primitive_t,
@@ -150,22 +153,18 @@ public enum DNNL {
 
   // MARK: Running
 
-  /// Which of a forward convolution's source and destination oneDNN keeps channels last (N, H,
-  /// W, C) for this CPU; nil when oneDNN is off or has no kernel for this shape.
-  static func forwardLayouts(_ shape: Shape, bias: Bool, accumulate: Bool, activation: FusedActivation)
-    -> (source: Bool, destination: Bool)?
-  {
-    guard enabled, let runtime else { return nil }
+  /// Whether oneDNN runs this forward convolution (it is on and has a kernel for the shape).
+  static func canConvolve(_ shape: Shape, bias: Bool, accumulate: Bool, activation: FusedActivation) -> Bool {
+    guard enabled, let runtime else { return false }
     lock.lock()
     defer { lock.unlock() }
-    return forwardPlan(shape, bias: bias, accumulate: accumulate, activation, runtime).map { ($0.channelsLastSource, $0.channelsLastDestination) }
+    return forwardPlan(shape, bias: bias, accumulate: accumulate, activation, runtime) != nil
   }
 
   /// `y = activation(conv(x, w) + bias [+ y's contents when accumulate])`; false (nothing written)
   /// when oneDNN is off or has no kernel for this shape. With `constantWeights` (`w` is their
   /// storage), the weights are reordered once and kept for later calls with the same array.
-  /// `sourceChannelsLast`/`destinationChannelsLast`: `x`/`y` are in N, H, W, C order, which
-  /// `forwardLayouts` must have reported as the primitive's own; else they are N, C, H, W.
+  /// `sourceChannelsLast`/`destinationChannelsLast`: `x`/`y` are in N, H, W, C order, else N, C, H, W.
   static func convolution(
     _ shape: Shape, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>,
     accumulate: Bool, activation: FusedActivation, constantWeights: [Float]? = nil, sourceChannelsLast: Bool = false,
@@ -175,19 +174,13 @@ public enum DNNL {
     lock.lock()
     defer { lock.unlock() }
     guard let plan = forwardPlan(shape, bias: bias != nil, accumulate: accumulate, activation, runtime) else { return false }
-    precondition(
-      (!sourceChannelsLast || plan.channelsLastSource) && (!destinationChannelsLast || plan.channelsLastDestination),
-      "a channels-last operand the convolution does not use")
     omp_set_num_threads(Int32(Parallel.threads))
     var arguments: [(Int32, dnnl_memory_t)] = []
     var scratch: [() -> Void] = []
     defer { for release in scratch { release() } }
-    let source =
-      sourceChannelsLast
-      ? memory(&plan.source.chosen, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
-      : input(plan.source, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
+    let source = input(plan.source, UnsafeMutableRawPointer(mutating: x), channelsLast: sourceChannelsLast, runtime, &scratch)
     var weights: dnnl_memory_t
-    if let constantWeights, plan.weights.isReordered {
+    if let constantWeights, let reorders = plan.weights.reorders(channelsLast: false) {
       let key = PackedKey(plan: ObjectIdentifier(plan), address: UnsafeRawPointer(w))
       if packed[key] == nil {
         let entry = Packed(source: constantWeights, bytes: plan.weights.bytes)
@@ -195,7 +188,7 @@ public enum DNNL {
         (packed[key], packedBytes) = (entry, packedBytes + entry.bytes)
         var plain = plan.weights.plain
         let user = memory(&plain, UnsafeMutableRawPointer(mutating: w), runtime, &scratch)
-        execute(plan.weights.toChosen!, [(argumentSource, user), (argumentDestination, memory(&plan.weights.chosen, entry.data, runtime, &scratch))], runtime)
+        execute(reorders.there, [(argumentSource, user), (argumentDestination, memory(&plan.weights.chosen, entry.data, runtime, &scratch))], runtime)
       }
       weights = memory(&plan.weights.chosen, packed[key]!.data, runtime, &scratch)
     } else {
@@ -205,10 +198,7 @@ public enum DNNL {
     if let bias, var descriptor = plan.bias {
       arguments.append((argumentBias, memory(&descriptor, UnsafeMutableRawPointer(mutating: bias), runtime, &scratch)))
     }
-    let destination =
-      destinationChannelsLast
-      ? (chosen: memory(&plan.destination.chosen, UnsafeMutableRawPointer(y), runtime, &scratch), finish: {})
-      : output(plan.destination, y, seeded: accumulate, runtime, &scratch)
+    let destination = output(plan.destination, y, seeded: accumulate, channelsLast: destinationChannelsLast, runtime, &scratch)
     arguments.append((argumentDestination, destination.chosen))
     arguments.append((argumentScratchpad, memory(&plan.scratchpad, nil, runtime, &scratch)))
     execute(plan.primitive, arguments, runtime)
@@ -217,46 +207,35 @@ public enum DNNL {
     return true
   }
 
-  /// Which of dY, X and dX the backward primitives keep channels last (N, H, W, C) for this CPU;
-  /// nil when oneDNN is off or has no kernel for this shape.
-  static func backwardLayouts(_ shape: Shape) -> (outputGradient: Bool, source: Bool, sourceGradient: Bool)? {
-    guard enabled, let runtime else { return nil }
+  /// Whether oneDNN differentiates this convolution (it is on and has kernels for the shape).
+  static func canDifferentiate(_ shape: Shape) -> Bool {
+    guard enabled, let runtime else { return false }
     lock.lock()
     defer { lock.unlock() }
-    return backwardPlan(shape, runtime).map { ($0.channelsLastOutputGradient, $0.channelsLastSource, $0.channelsLastSourceGradient) }
+    return backwardPlan(shape, runtime) != nil
   }
 
   /// `dx = conv^T(dy, w)` (unless `dx` is nil) and `dw = dy (x) x`, both overwritten; false
-  /// (nothing written) when oneDNN is off or has no kernel for this shape. The `...ChannelsLast`
-  /// flags say `dy`, `x`, `dx` are in N, H, W, C order, which `backwardLayouts` must have
-  /// reported as the primitives' own; else they are N, C, H, W.
+  /// (nothing written) when oneDNN is off or has no kernel for this shape. `outputGradientChannelsLast`:
+  /// `dy` is in N, H, W, C order; `sourceChannelsLast`: `x` and `dx` are; else N, C, H, W.
   static func convolutionBackward(
     _ shape: Shape, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>?,
-    _ dw: UnsafeMutablePointer<Float>, outputGradientChannelsLast: Bool = false, sourceChannelsLast: Bool = false,
-    sourceGradientChannelsLast: Bool = false
+    _ dw: UnsafeMutablePointer<Float>, outputGradientChannelsLast: Bool = false, sourceChannelsLast: Bool = false
   ) -> Bool {
     guard enabled, let runtime else { return false }
     lock.lock()
     defer { lock.unlock() }
     guard let plan = backwardPlan(shape, runtime) else { return false }
-    precondition(
-      (!outputGradientChannelsLast || plan.channelsLastOutputGradient) && (!sourceChannelsLast || plan.channelsLastSource)
-        && (!sourceGradientChannelsLast || plan.channelsLastSourceGradient), "a channels-last operand the convolution does not use")
     omp_set_num_threads(Int32(Parallel.threads))
     var scratch: [() -> Void] = []
     defer { for release in scratch { release() } }
     let gradient = UnsafeMutableRawPointer(mutating: dy)
     var reordered: dnnl_memory_t?
     if let dx {
-      let outputGradient =
-        outputGradientChannelsLast
-        ? memory(&plan.dataOutputGradient.chosen, gradient, runtime, &scratch) : input(plan.dataOutputGradient, gradient, runtime, &scratch)
+      let outputGradient = input(plan.dataOutputGradient, gradient, channelsLast: outputGradientChannelsLast, runtime, &scratch)
       reordered = outputGradient
       let weights = input(plan.dataWeights, UnsafeMutableRawPointer(mutating: w), runtime, &scratch)
-      let result =
-        sourceGradientChannelsLast
-        ? (chosen: memory(&plan.dataGradient.chosen, UnsafeMutableRawPointer(dx), runtime, &scratch), finish: {})
-        : output(plan.dataGradient, dx, seeded: false, runtime, &scratch)
+      let result = output(plan.dataGradient, dx, seeded: false, channelsLast: sourceChannelsLast, runtime, &scratch)
       execute(
         plan.data,
         [
@@ -267,15 +246,10 @@ public enum DNNL {
     }
     // Both primitives often want dY in the same layout: reordered once then.
     let outputGradient =
-      outputGradientChannelsLast
-      ? memory(&plan.weightsOutputGradient.chosen, gradient, runtime, &scratch)
-      : plan.sameOutputGradientLayout
-        ? reordered ?? input(plan.weightsOutputGradient, gradient, runtime, &scratch)
-        : input(plan.weightsOutputGradient, gradient, runtime, &scratch)
-    let source =
-      sourceChannelsLast
-      ? memory(&plan.weightsSource.chosen, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
-      : input(plan.weightsSource, UnsafeMutableRawPointer(mutating: x), runtime, &scratch)
+      plan.sameOutputGradientLayout
+      ? reordered ?? input(plan.weightsOutputGradient, gradient, channelsLast: outputGradientChannelsLast, runtime, &scratch)
+      : input(plan.weightsOutputGradient, gradient, channelsLast: outputGradientChannelsLast, runtime, &scratch)
+    let source = input(plan.weightsSource, UnsafeMutableRawPointer(mutating: x), channelsLast: sourceChannelsLast, runtime, &scratch)
     let result = output(plan.weightsGradient, dw, seeded: false, runtime, &scratch)
     execute(
       plan.weights,
@@ -310,29 +284,32 @@ public enum DNNL {
     return memory!
   }
 
-  /// The operand in its chosen layout: `data` itself, or a reordered copy.
-  private static func input(_ operand: Operand, _ data: UnsafeMutableRawPointer, _ runtime: Runtime, _ scratch: inout [() -> Void])
-    -> dnnl_memory_t
-  {
-    var plain = operand.plain
-    let user = memory(&plain, data, runtime, &scratch)
-    guard let reorder = operand.toChosen else { return user }
-    let chosen = memory(&operand.chosen, nil, runtime, &scratch)
-    execute(reorder, [(argumentSource, user), (argumentDestination, chosen)], runtime)
+  /// The operand in its chosen layout: `data` itself, or a reordered copy. `channelsLast`: `data`
+  /// is in N, H, W, C order, else plain.
+  private static func input(
+    _ operand: Operand, _ data: UnsafeMutableRawPointer, channelsLast: Bool = false, _ runtime: Runtime, _ scratch: inout [() -> Void]
+  ) -> dnnl_memory_t {
+    var user = operand.user(channelsLast: channelsLast)
+    let memory = memory(&user, data, runtime, &scratch)
+    guard let reorder = operand.reorders(channelsLast: channelsLast)?.there else { return memory }
+    let chosen = self.memory(&operand.chosen, nil, runtime, &scratch)
+    execute(reorder, [(argumentSource, memory), (argumentDestination, chosen)], runtime)
     return chosen
   }
 
-  /// Where a primitive writes its result, and `finish` to bring it back to `data` after it ran.
-  /// `seeded`: the result adds to `data`'s contents, reordered in first.
+  /// Where a primitive writes its result, and `finish` to bring it back to `data` (plain, or
+  /// with `channelsLast` in N, H, W, C order) after it ran. `seeded`: the result adds to
+  /// `data`'s contents, reordered in first.
   private static func output(
-    _ operand: Operand, _ data: UnsafeMutablePointer<Float>, seeded: Bool, _ runtime: Runtime, _ scratch: inout [() -> Void]
+    _ operand: Operand, _ data: UnsafeMutablePointer<Float>, seeded: Bool, channelsLast: Bool = false, _ runtime: Runtime,
+    _ scratch: inout [() -> Void]
   ) -> (chosen: dnnl_memory_t, finish: () -> Void) {
-    var plain = operand.plain
-    let user = memory(&plain, UnsafeMutableRawPointer(data), runtime, &scratch)
-    guard let back = operand.toPlain, let there = operand.toChosen else { return (user, {}) }
-    let chosen = memory(&operand.chosen, nil, runtime, &scratch)
-    if seeded { execute(there, [(argumentSource, user), (argumentDestination, chosen)], runtime) }
-    return (chosen, { execute(back, [(argumentSource, chosen), (argumentDestination, user)], runtime) })
+    var user = operand.user(channelsLast: channelsLast)
+    let memory = memory(&user, UnsafeMutableRawPointer(data), runtime, &scratch)
+    guard let (there, back) = operand.reorders(channelsLast: channelsLast) else { return (memory, {}) }
+    let chosen = self.memory(&operand.chosen, nil, runtime, &scratch)
+    if seeded { execute(there, [(argumentSource, memory), (argumentDestination, chosen)], runtime) }
+    return (chosen, { execute(back, [(argumentSource, chosen), (argumentDestination, memory)], runtime) })
   }
 
   private static func execute(_ primitive: dnnl_primitive_t, _ arguments: [(Int32, dnnl_memory_t)], _ runtime: Runtime) {
@@ -434,14 +411,15 @@ public enum DNNL {
     }
     defer { dnnl_primitive_desc_destroy(description) }
     var primitive: dnnl_primitive_t?
+    let (sourceDims, outputDims) = ([shape.batch, shape.channels] + shape.input, [shape.batch, shape.filters] + shape.output)
     guard dnnl_primitive_create(&primitive, description) == dnnl_success, let primitive,
-      let source = Operand(plain[0], chosen(description, dnnl_query_src_md)),
+      let source = Operand(plain[0], chosen(description, dnnl_query_src_md), activation: sourceDims),
       let weights = Operand(plain[1], chosen(description, dnnl_query_weights_md)),
-      let destination = Operand(plain[2], chosen(description, dnnl_query_dst_md))
+      let destination = Operand(plain[2], chosen(description, dnnl_query_dst_md), activation: outputDims)
     else { return nil }
     return ForwardPlan(
       primitive: primitive, source: source, weights: weights, destination: destination,
-      bias: bias ? descriptor([shape.filters], dnnl_x) : nil, scratchpad: chosen(description, dnnl_query_scratchpad_md), shape: shape)
+      bias: bias ? descriptor([shape.filters], dnnl_x) : nil, scratchpad: chosen(description, dnnl_query_scratchpad_md))
   }
 
   /// The cached backward plan of a convolution (made on first use; the caller holds `lock`).
@@ -484,23 +462,19 @@ public enum DNNL {
     defer { dnnl_primitive_desc_destroy(dataDescription) }
     guard let (weightsDescription, weights) = create(&weightsOperation) else { return nil }
     defer { dnnl_primitive_desc_destroy(weightsDescription) }
-    guard let dataGradient = Operand(plain[0], chosen(dataDescription, dnnl_query_diff_src_md)),
+    let (sourceDims, outputDims) = ([shape.batch, shape.channels] + shape.input, [shape.batch, shape.filters] + shape.output)
+    guard let dataGradient = Operand(plain[0], chosen(dataDescription, dnnl_query_diff_src_md), activation: sourceDims),
       let dataWeights = Operand(plain[1], chosen(dataDescription, dnnl_query_weights_md)),
-      let dataOutputGradient = Operand(plain[2], chosen(dataDescription, dnnl_query_diff_dst_md)),
+      let dataOutputGradient = Operand(plain[2], chosen(dataDescription, dnnl_query_diff_dst_md), activation: outputDims),
       let weightsGradient = Operand(plain[1], chosen(weightsDescription, dnnl_query_diff_weights_md)),
-      let weightsSource = Operand(plain[0], chosen(weightsDescription, dnnl_query_src_md)),
-      let weightsOutputGradient = Operand(plain[2], chosen(weightsDescription, dnnl_query_diff_dst_md))
+      let weightsSource = Operand(plain[0], chosen(weightsDescription, dnnl_query_src_md), activation: sourceDims),
+      let weightsOutputGradient = Operand(plain[2], chosen(weightsDescription, dnnl_query_diff_dst_md), activation: outputDims)
     else { return nil }
     let plan = BackwardPlan(
       data: data, dataGradient: dataGradient, dataWeights: dataWeights, dataOutputGradient: dataOutputGradient, weights: weights,
       weightsGradient: weightsGradient, weightsSource: weightsSource, weightsOutputGradient: weightsOutputGradient)
     plan.dataScratchpad = chosen(dataDescription, dnnl_query_scratchpad_md)
     plan.weightsScratchpad = chosen(weightsDescription, dnnl_query_scratchpad_md)
-    let (sourceDims, outputDims) = ([shape.batch, shape.channels] + shape.input, [shape.batch, shape.filters] + shape.output)
-    plan.channelsLastOutputGradient =
-      dataOutputGradient.isChannelsLast(dims: outputDims) && weightsOutputGradient.isChannelsLast(dims: outputDims)
-    plan.channelsLastSource = weightsSource.isChannelsLast(dims: sourceDims)
-    plan.channelsLastSourceGradient = dataGradient.isChannelsLast(dims: sourceDims)
     return plan
   }
 }

@@ -172,13 +172,12 @@ struct Conv: ChannelsLastOperator {
     }
     let accumulate = other?.shape == shape
     let epilogue: FusedActivation = other == nil || accumulate ? activation : .none
-    // oneDNN may keep X and Y channels last (inference passes chain convolutions that way).
+    // oneDNN reads and writes channels-last tensors too (passes chain convolutions that way).
     let dnnlShape = DNNL.Shape(batch: batch, channels: channels, filters: filters, g)
-    let layouts =
-      group == 1 && g.spatialRank == 2
-      ? DNNL.forwardLayouts(dnnlShape, bias: bias != nil, accumulate: accumulate, activation: epilogue) : nil
-    if x.channelsLast && layouts?.source != true { x = x.planar() }
-    let writeChannelsLast = context.mayWriteChannelsLast && layouts?.destination == true && (other == nil || accumulate)
+    let onDNNL =
+      group == 1 && g.spatialRank == 2 && DNNL.canConvolve(dnnlShape, bias: bias != nil, accumulate: accumulate, activation: epilogue)
+    if x.channelsLast && !onDNNL { x = x.planar() }
+    let writeChannelsLast = context.mayWriteChannelsLast && onDNNL && (other == nil || accumulate)
     if let residual = other, residual.channelsLast != writeChannelsLast {
       other = writeChannelsLast ? residual.channelsLastCopy() : residual.planar()
     }
@@ -199,7 +198,7 @@ struct Conv: ChannelsLastOperator {
             Conv.finish(py.baseAddress!, bias: bias?.floats, filters: filters, planes: batch * filters, size: g.outputSize, epilogue)
           } else {
             (bias?.floats ?? []).withUnsafeBufferPointer { pb in
-              if layouts != nil
+              if onDNNL
                 && DNNL.convolution(
                   dnnlShape, px.baseAddress!, pw.baseAddress!, bias: bias == nil ? nil : pb.baseAddress!, py.baseAddress!,
                   accumulate: accumulate, activation: epilogue, constantWeights: context.training ? nil : w.floats,
@@ -657,16 +656,14 @@ extension Conv: ChannelsLastDifferentiable {
     let g = try geometry(x, w, context)
     let group = attributes.group
     let (batch, channels, filters) = (x.shape[0], x.shape[1], w.shape[0])
-    // oneDNN may read dY and X and write dX channels last (as a recorded pass chains them);
-    // everything else computes planar.
+    // oneDNN reads dY and X and writes dX (in X's layout) channels last too, as a recorded pass
+    // chains them; everything else computes planar.
     let dnnlShape = DNNL.Shape(batch: batch, channels: channels, filters: filters, g)
-    let layouts = group == 1 && g.spatialRank == 2 ? DNNL.backwardLayouts(dnnlShape) : nil
-    if x.channelsLast && layouts?.source != true { x = x.planar() }
-    if dy.channelsLast && layouts?.outputGradient != true { dy = dy.planar() }
-    let dxChannelsLast = inputs[0]!.channelsLast && layouts?.sourceGradient == true
+    let onDNNL = group == 1 && g.spatialRank == 2 && DNNL.canDifferentiate(dnnlShape)
+    if !onDNNL { (x, dy) = (x.planar(), dy.planar()) }
+    let dxChannelsLast = x.channelsLast
     // oneDNN writes every element of both; the other paths accumulate into zeros.
     let depthwise = group == channels && w.shape[1] == 1 && g.spatialRank == 2
-    let onDNNL = layouts != nil
     var dx = onDNNL && context.needsGradient(0) ? uninitializedFloats(x.count) : [Float](repeating: 0, count: x.count)
     var dw = onDNNL ? uninitializedFloats(w.count) : [Float](repeating: 0, count: w.count)
     x.floats.withUnsafeBufferPointer { px in
@@ -683,8 +680,7 @@ extension Conv: ChannelsLastDifferentiable {
               if onDNNL {
                 if DNNL.convolutionBackward(
                   dnnlShape, px.baseAddress!, pw.baseAddress!, pdy.baseAddress!, context.needsGradient(0) ? pdx.baseAddress! : nil,
-                  pdw.baseAddress!, outputGradientChannelsLast: dy.channelsLast, sourceChannelsLast: x.channelsLast,
-                  sourceGradientChannelsLast: dxChannelsLast)
+                  pdw.baseAddress!, outputGradientChannelsLast: dy.channelsLast, sourceChannelsLast: x.channelsLast)
                 {
                   return
                 }
@@ -787,7 +783,7 @@ extension Conv: ChannelsLastDifferentiable {
           let sums = partials + chunk * filters
           for row in (rows * chunk / chunks)..<(rows * (chunk + 1) / chunks) {
             let values = p + row * filters
-            for m in 0..<filters { sums[m] += 2 * values[m] }
+            for m in 0..<filters { sums[m] += values[m] }
           }
         }
       }
