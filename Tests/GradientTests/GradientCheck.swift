@@ -4,6 +4,8 @@ import XCTest
 /// One finite-difference check of one operator: a single-node graph with these inputs.
 struct GradientCase {
   let op: String
+  /// The op's domain: "" (ONNX) or `distill` for the operators only fusion creates.
+  var domain = ""
   var attributes: [Attribute] = []
   var inputs: [Tensor?]
   /// Indices of the inputs whose gradients are checked (float inputs by default).
@@ -57,7 +59,7 @@ enum GradientCheck {
     graph.name = gradientCase.op
     graph.nodes = [
       Node(
-        name: gradientCase.op, opType: gradientCase.op,
+        name: gradientCase.op, opType: gradientCase.op, domain: gradientCase.domain,
         inputs: gradientCase.inputs.enumerated().map { $0.element == nil ? "" : inputNames[$0.offset] }, outputs: outputNames,
         attributes: gradientCase.attributes)
     ]

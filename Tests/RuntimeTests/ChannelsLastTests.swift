@@ -104,6 +104,15 @@ final class ChannelsLastTests: XCTestCase {
       let last = try op.forward([x.channelsLastCopy()] + constants, context(mayWriteChannelsLast: true))[0]
       XCTAssertTrue(last.channelsLast)
       assertClose(last.planar(), expected, tolerance: 1e-4, "channels last, relu \(relu)")
+
+      // Backward channels last equals backward planar (which the finite-difference cases check).
+      let planar = try op.forward([x] + constants, context(mayWriteChannelsLast: false))[0]
+      let dy = Tensor(shape: x.shape, floats: random(x.count))
+      let planarGradients = try op.backward([x] + constants, [planar], [dy], context(mayWriteChannelsLast: false))
+      let gradients = try op.backward([x.channelsLastCopy()] + constants, [last], [dy.channelsLastCopy()], context(mayWriteChannelsLast: true))
+      XCTAssertTrue(gradients[0]!.channelsLast, "dX comes in X's layout")
+      assertClose(gradients[0]!.planar(), planarGradients[0]!, tolerance: 1e-4, "dX, relu \(relu)")
+      for index in 1..<5 { assertClose(gradients[index]!, planarGradients[index]!, tolerance: 1e-4, "d input \(index), relu \(relu)") }
     }
   }
 

@@ -209,7 +209,7 @@ struct InstanceNormalization: Operator {
 /// back, times `scale` and plus `bias` (C values, broadcast per channel), then the fused activation:
 /// `Y = act(((X - mean_g) / sqrt(var_g + epsilon) * group_scale_g + group_bias_g) * scale_c + bias_c)`.
 /// Reads and writes 4-D tensors channels last as well.
-struct FusedGroupNormalization: ChannelsLastOperator {
+struct FusedGroupNormalization: ChannelsLastDifferentiable {
   let epsilon: Float
   let activation: FusedActivation
 
@@ -229,7 +229,7 @@ struct FusedGroupNormalization: ChannelsLastOperator {
         "X \(x.shapeDescription) with \(groupScale.count)/\(groupBias.count) group scales/biases and \(scale.count)/\(bias.count) channel scales/biases do not fit")
     }
     let size = x.count / max(1, batch * channels), perGroup = channels / groups
-    let count = Double(perGroup * size), epsilon = Double(self.epsilon), activation = self.activation
+    let epsilon = Double(self.epsilon), activation = self.activation
     var y = uninitializedFloats(x.count)
     // Per (image, group): the affine map of each of its channels, y = x * a + b.
     var a = [Float](repeating: 0, count: batch * channels), b = a
@@ -240,35 +240,11 @@ struct FusedGroupNormalization: ChannelsLastOperator {
         b[n * channels + c] = Float((Double(groupBias[g]) - mean * normalizer) * Double(scale[c]) + Double(bias[c]))
       }
     }
+    for (i, m) in FusedGroupNormalization.moments(x, groups: groups).enumerated() {
+      affine(i / groups, i % groups, mean: m.mean, variance: m.variance)
+    }
     x.floats.withUnsafeBufferPointer { xs in
       let xs = xs.baseAddress!
-      if !x.channelsLast {
-        var moments = [(mean: Double, variance: Double)](repeating: (0, 0), count: batch * groups)
-        moments.withUnsafeMutableBufferPointer { moments in
-          let moments = moments.baseAddress!
-          Parallel.forEach(batch * groups, work: x.count) { i in
-            moments[i] = InstanceNormalization.moments(xs + i * perGroup * size, count: perGroup * size)
-          }
-        }
-        for (i, m) in moments.enumerated() { affine(i / groups, i % groups, mean: m.mean, variance: m.variance) }
-      } else {
-        // Channels last: per-channel sums over the positions, then each group's moments.
-        for n in 0..<batch {
-          let image = xs + n * size * channels
-          let (shift, sums, squares) = FusedGroupNormalization.channelMoments(image, positions: size, channels: channels)
-          for g in 0..<groups {
-            let range = (g * perGroup)..<((g + 1) * perGroup)
-            let mean = range.reduce(0) { $0 + sums[$1] + Double(size) * Double(shift[$1]) } / count
-            // Sum over the group of (x - mean)^2 from each channel's sums around its shift K:
-            // S2 + 2 (K - mean) S1 + positions (K - mean)^2.
-            let spread = range.reduce(0.0) { total, c in
-              let d = Double(shift[c]) - mean
-              return total + squares[c] + 2 * d * sums[c] + Double(size) * d * d
-            }
-            affine(n, g, mean: mean, variance: max(0, spread / count))
-          }
-        }
-      }
       let (scales, shifts) = (a, b)
       y.withUnsafeMutableBufferPointer { ys in
         scales.withUnsafeBufferPointer { scales in
@@ -294,6 +270,42 @@ struct FusedGroupNormalization: ChannelsLastOperator {
     var result = Tensor(shape: x.shape, floats: y, dtype: x.dtype).normalized()
     result.channelsLast = x.channelsLast
     return [context.mayWriteChannelsLast || !x.channelsLast ? result : result.planar()]
+  }
+
+  /// Mean and population variance of each (image, group) of `x` (planar or channels last), in
+  /// image-major order.
+  static func moments(_ x: Tensor, groups: Int) -> [(mean: Double, variance: Double)] {
+    let (batch, channels) = (x.shape[0], x.shape[1])
+    let size = x.count / max(1, batch * channels), perGroup = channels / groups, count = Double(perGroup * size)
+    var moments = [(mean: Double, variance: Double)](repeating: (0, 0), count: batch * groups)
+    x.floats.withUnsafeBufferPointer { xs in
+      let xs = xs.baseAddress!
+      if !x.channelsLast {
+        moments.withUnsafeMutableBufferPointer { moments in
+          let moments = moments.baseAddress!
+          Parallel.forEach(batch * groups, work: x.count) { i in
+            moments[i] = InstanceNormalization.moments(xs + i * perGroup * size, count: perGroup * size)
+          }
+        }
+        return
+      }
+      // Channels last: per-channel sums over the positions, then each group's moments.
+      for n in 0..<batch {
+        let (shift, sums, squares) = channelMoments(xs + n * size * channels, positions: size, channels: channels)
+        for g in 0..<groups {
+          let range = (g * perGroup)..<((g + 1) * perGroup)
+          let mean = range.reduce(0) { $0 + sums[$1] + Double(size) * Double(shift[$1]) } / count
+          // Sum over the group of (x - mean)^2 from each channel's sums around its shift K:
+          // S2 + 2 (K - mean) S1 + positions (K - mean)^2.
+          let spread = range.reduce(0.0) { total, c in
+            let d = Double(shift[c]) - mean
+            return total + squares[c] + 2 * d * sums[c] + Double(size) * d * d
+          }
+          moments[n * groups + g] = (mean, max(0, spread / count))
+        }
+      }
+    }
+    return moments
   }
 
   /// Per channel c of a channels-last image [positions, channels]: a shift K_c (its first value),
@@ -348,6 +360,148 @@ struct FusedGroupNormalization: ChannelsLastOperator {
     case .leakyRelu(let alpha): return v >= 0 ? v : alpha * v
     case .clip(let low, let high): return min(max(v, low), high)
     }
+  }
+}
+
+extension FusedGroupNormalization {
+  /// With xhat = (x - mean_g) * rstd_g, t = xhat * group_scale_g + group_bias_g and dz = dy times
+  /// the activation's slope: d bias_c = sum dz, d scale_c = sum dz t, and with u = dz * scale_c,
+  /// d group_bias_g = sum u, d group_scale_g = sum u xhat, dX = rstd (u s - mean(u s) - xhat
+  /// mean(u s xhat)) over each group. dX comes in X's layout.
+  func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
+    -> [Tensor?]
+  {
+    guard var dy = outputGradients[0], let x = inputs[0], inputs.count == 5, inputs.allSatisfy({ $0 != nil }) else {
+      return inputs.map { _ in nil }
+    }
+    var y = outputs[0]
+    if y.channelsLast != x.channelsLast { y = x.channelsLast ? y.channelsLastCopy() : y.planar() }
+    if dy.channelsLast != x.channelsLast { dy = x.channelsLast ? dy.channelsLastCopy() : dy.planar() }
+    let groupScale = inputs[1]!.asFloats, groupBias = inputs[2]!.asFloats, scale = inputs[3]!.asFloats
+    let (batch, channels, groups) = (x.shape[0], x.shape[1], groupScale.count)
+    let size = x.count / max(1, batch * channels), perGroup = channels / groups, count = Double(perGroup * size)
+    let channelsLast = x.channelsLast, activation = self.activation
+    // dz, and per (image, channel) the mean and 1/sigma of its group.
+    let dz = [Float](unsafeUninitializedCapacity: dy.count) { out, initialized in
+      dy.floats.withUnsafeBufferPointer { g in
+        y.floats.withUnsafeBufferPointer { r in
+          let (g, r, o) = (g.baseAddress!, r.baseAddress!, out.baseAddress!)
+          Parallel.forEachRange(dy.count, work: dy.count) { range in
+            switch activation {
+            case .none: for i in range { o[i] = g[i] }
+            case .relu: for i in range { o[i] = r[i] > 0 ? g[i] : 0 }
+            case .leakyRelu(let alpha): for i in range { o[i] = r[i] < 0 ? g[i] * alpha : g[i] }
+            case .clip(let low, let high): for i in range { o[i] = r[i] <= low || r[i] >= high ? 0 : g[i] }
+            }
+          }
+        }
+      }
+      initialized = dy.count
+    }
+    let moments = FusedGroupNormalization.moments(x, groups: groups)
+    var mean = [Double](repeating: 0, count: batch * channels), rstd = mean
+    for n in 0..<batch {
+      for c in 0..<channels {
+        let m = moments[n * groups + c / perGroup]
+        (mean[n * channels + c], rstd[n * channels + c]) = (m.mean, 1 / (m.variance + Double(epsilon)).squareRoot())
+      }
+    }
+    // Per (image, channel): sum dz and sum dz * xhat.
+    var sums = [Double](repeating: 0, count: 2 * batch * channels)
+    x.floats.withUnsafeBufferPointer { xs in
+      dz.withUnsafeBufferPointer { dz in
+        sums.withUnsafeMutableBufferPointer { sums in
+          mean.withUnsafeBufferPointer { mean in
+            rstd.withUnsafeBufferPointer { rstd in
+              let (xs, dz, sums, mean, rstd) = (xs.baseAddress!, dz.baseAddress!, sums.baseAddress!, mean.baseAddress!, rstd.baseAddress!)
+              if !channelsLast {
+                Parallel.forEach(batch * channels, work: x.count) { plane in
+                  var (s1, s2) = (0.0, 0.0)
+                  let (m, r) = (mean[plane], rstd[plane])
+                  for i in (plane * size)..<((plane + 1) * size) {
+                    s1 += Double(dz[i])
+                    s2 += Double(dz[i]) * (Double(xs[i]) - m) * r
+                  }
+                  (sums[2 * plane], sums[2 * plane + 1]) = (s1, s2)
+                }
+                return
+              }
+              let chunks = min(size, Parallel.threads * 2)
+              for n in 0..<batch {
+                var partials = [Double](repeating: 0, count: 2 * chunks * channels)
+                partials.withUnsafeMutableBufferPointer { partials in
+                  let partials = partials.baseAddress!
+                  let (m, r) = (mean + n * channels, rstd + n * channels)
+                  Parallel.forEach(chunks, work: size * channels) { chunk in
+                    let part = partials + 2 * chunk * channels
+                    for p in (size * chunk / chunks)..<(size * (chunk + 1) / chunks) {
+                      let (xr, gr) = (xs + (n * size + p) * channels, dz + (n * size + p) * channels)
+                      for c in 0..<channels {
+                        part[2 * c] += Double(gr[c])
+                        part[2 * c + 1] += Double(gr[c]) * (Double(xr[c]) - m[c]) * r[c]
+                      }
+                    }
+                  }
+                  for chunk in 0..<chunks {
+                    for k in 0..<(2 * channels) { sums[2 * n * channels + k] += partials[2 * chunk * channels + k] }
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    var dGroupScale = [Float](repeating: 0, count: groups), dGroupBias = dGroupScale
+    var dScale = [Float](repeating: 0, count: channels), dBias = dScale
+    // dX = a dz + b x + c per (image, channel).
+    var a = [Float](repeating: 0, count: batch * channels), b = a, shift = a
+    for n in 0..<batch {
+      for g in 0..<groups {
+        var (u1, u2) = (0.0, 0.0)
+        for c in (g * perGroup)..<((g + 1) * perGroup) {
+          let (s1, s2) = (sums[2 * (n * channels + c)], sums[2 * (n * channels + c) + 1])
+          dBias[c] += Float(s1)
+          dScale[c] += Float(Double(groupScale[g]) * s2 + Double(groupBias[g]) * s1)
+          (u1, u2) = (u1 + Double(scale[c]) * s1, u2 + Double(scale[c]) * s2)
+        }
+        dGroupBias[g] += Float(u1)
+        dGroupScale[g] += Float(u2)
+        let (m1, m2) = (Double(groupScale[g]) * u1 / count, Double(groupScale[g]) * u2 / count)
+        for c in (g * perGroup)..<((g + 1) * perGroup) {
+          let i = n * channels + c, r = rstd[i]
+          a[i] = Float(r * Double(scale[c]) * Double(groupScale[g]))
+          b[i] = Float(-r * r * m2)
+          shift[i] = Float(-r * m1 + r * r * m2 * mean[i])
+        }
+      }
+    }
+    let (slopes, weights, offsets) = (a, b, shift)
+    var dx = Tensor(shape: x.shape, floats: uninitializedFloats(x.count), dtype: x.dtype)
+    dx.channelsLast = channelsLast
+    x.floats.withUnsafeBufferPointer { xs in
+      dz.withUnsafeBufferPointer { dz in
+        dx.floats.withUnsafeMutableBufferPointer { out in
+          let (xs, dz, out) = (xs.baseAddress!, dz.baseAddress!, out.baseAddress!)
+          let rows = channelsLast ? batch * size : batch * channels
+          Parallel.forEachRange(rows, work: x.count) { range in
+            for row in range {
+              if channelsLast {
+                let base = row * channels, image = row / size * channels
+                for c in 0..<channels {
+                  out[base + c] = slopes[image + c] * dz[base + c] + weights[image + c] * xs[base + c] + offsets[image + c]
+                }
+              } else {
+                let (p, q, t) = (slopes[row], weights[row], offsets[row])
+                for i in (row * size)..<((row + 1) * size) { out[i] = p * dz[i] + q * xs[i] + t }
+              }
+            }
+          }
+        }
+      }
+    }
+    func like(_ index: Int, _ values: [Float]) -> Tensor { Tensor(shape: inputs[index]!.shape, floats: values, dtype: inputs[index]!.dtype) }
+    return [dx, like(1, dGroupScale), like(2, dGroupBias), like(3, dScale), like(4, dBias)]
   }
 }
 

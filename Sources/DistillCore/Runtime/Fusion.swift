@@ -1,7 +1,7 @@
-/// Inference-time graph rewrites that save passes over memory: a Conv whose output is used only by
-/// an inference BatchNormalization with constant statistics (folded into its weights), an Add (a
-/// residual connection) and/or an activation (Relu, LeakyRelu, Clip with constant bounds) absorbs
-/// them. The fused Conv carries `distill.residual` (its extra 4th input is added to the
+/// Graph rewrites that save passes over memory: a Conv whose output is used only by an inference
+/// BatchNormalization with constant statistics (folded into its weights), an Add (a residual
+/// connection) and/or an activation (Relu, LeakyRelu, Clip with constant bounds) absorbs them;
+/// PyTorch's exported GroupNorm becomes one node (`FusedGroupNormalization`). The fused Conv carries `distill.residual` (its extra 4th input is added to the
 /// result) and `distill.activation` attributes. Values named in `keep` (taps, graph outputs) are never
 /// fused away.
 enum Fusion {
@@ -10,8 +10,8 @@ enum Fusion {
   /// The domain of operators only fusion creates (`fusedOperators`).
   static let domain = "distill"
 
-  /// Without `foldBatchNorm` (training, where BatchNormalization uses batch statistics) only
-  /// residual Adds and activations are fused; fused convolutions differentiate through both.
+  /// Without `foldBatchNorm` (training, where BatchNormalization uses batch statistics) no
+  /// BatchNormalization is folded; the fused nodes differentiate through what they absorbed.
   static func fuse(_ graph: Graph, keep: Set<String>, foldBatchNorm: Bool = true) -> Graph {
     var nodes = graph.nodes
     var kept = keep.union(graph.outputs.map(\.name))
@@ -39,13 +39,11 @@ enum Fusion {
       return tensor.bytes.withUnsafeBytes { $0.load(as: Float.self) }
     }
 
-    if foldBatchNorm {
-      for index in nodes.indices where !removed.contains(index) {
-        guard let fused = groupNormalization(at: index, nodes, constants, producer, soleConsumer) else { continue }
-        removed.formUnion(fused.absorbed)
-        removed.remove(fused.position)
-        nodes[fused.position] = fused.node
-      }
+    for index in nodes.indices where !removed.contains(index) {
+      guard let fused = groupNormalization(at: index, nodes, constants, producer, soleConsumer) else { continue }
+      removed.formUnion(fused.absorbed)
+      removed.remove(fused.position)
+      nodes[fused.position] = fused.node
     }
 
     var folded: [TensorValue] = []
@@ -152,6 +150,7 @@ enum Fusion {
       let bias = perChannel(nodes[addIndex], reading: nodes[mulIndex].outputs[0])
     else { return nil }
     var absorbed = [start, normIndex, backIndex, mulIndex, addIndex]
+    if soleConsumer(nodes[shapeIndex].outputs[0]) == backIndex { absorbed.append(shapeIndex) }
     var fused = Node(
       name: nodes[normIndex].name, opType: "GroupNormalization", domain: domain,
       inputs: [reshape.inputs[0], nodes[normIndex].inputs[1], nodes[normIndex].inputs[2], scale, bias], outputs: nodes[addIndex].outputs,

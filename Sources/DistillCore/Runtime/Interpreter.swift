@@ -41,8 +41,9 @@ public final class Interpreter: @unchecked Sendable {
 
   /// Prepares `graph`; `opsets` maps each domain to the model's opset version for it. With
   /// `fuse`, convolutions absorb following residual Adds and activations (and, with
-  /// `foldBatchNorm`, inference BatchNormalization), except where that would hide a value named in
-  /// `keep` (the taps a caller will ask for). Training wants `foldBatchNorm: false`.
+  /// `foldBatchNorm`, inference BatchNormalization) and exported GroupNorms become one node
+  /// (`Fusion`), except where that would hide a value named in `keep` (the taps a caller will ask
+  /// for). Training wants `foldBatchNorm: false`.
   ///
   /// With `promoteConstants`, float tensors of Constant nodes become initializers (so they are
   /// parameters that training can update; `promotedConstants` names them).

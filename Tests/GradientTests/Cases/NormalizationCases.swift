@@ -49,6 +49,19 @@ let normalizationCases: [GradientCase] = {
       op: "InstanceNormalization", attributes: [float("epsilon", 1e-2)], inputs: [values.tensor([2, 2, 3, 4], -2, 2), values.tensor([2]), values.tensor([2])],
       note: "2D, epsilon"))
 
+  // The GroupNorm fusion makes of PyTorch's export: X, group scale and bias [G], channel scale
+  // and bias ([C, 1, 1] as exported).
+  for relu in [false, true] {
+    cases.append(
+      GradientCase(
+        op: "GroupNormalization", domain: "distill",
+        attributes: [float("epsilon", 1e-3)] + (relu ? [Attribute(name: "distill.activation", value: .floats([0]))] : []),
+        inputs: [
+          values.tensor([2, 6, 3, 2], -2, 2), values.tensor([3], 0.5, 1.5), values.tensor([3]), values.tensor([6, 1, 1], 0.5, 1.5),
+          values.tensor([6, 1, 1]),
+        ], note: relu ? "fused GroupNorm with Relu" : "fused GroupNorm"))
+  }
+
   cases.append(GradientCase(op: "LayerNormalization", inputs: [values.tensor([3, 6], -2, 2), values.tensor([6], 0.5, 1.5), values.tensor([6])]))
   cases.append(
     GradientCase(
