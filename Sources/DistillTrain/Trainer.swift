@@ -301,18 +301,20 @@ public final class Trainer {
 
   /// The trainable parameters' gradients of `evaluation`: each replay of the recorded pass `tape`
   /// differentiated over the nodes it recomputed, the recorded pass seeded with its seeds plus
-  /// those the replays hand back, and the sum.
+  /// those the replays hand back, and the sum. Consumes the passes (`Tape.gradients` with
+  /// `releasing`): each recorded value is freed as soon as the reverse pass is done with it, so
+  /// the step's memory does not grow past the recorded pass.
   func gradients(_ tape: Tape, _ evaluation: LossEvaluation) throws -> [String: Tensor] {
     // On a data-parallel run, each process's share of the global batch scales its seeds.
     func weighted(_ seeds: [String: Tensor]) -> [String: Tensor] { parallel?.weighted(seeds) ?? seeds }
     var seeds = weighted(evaluation.seeds)
     var replayed: [[String: Tensor]] = []
     for pass in evaluation.additionalPasses {
-      let (gradients, baseSeeds) = try pass.tape.replayGradients(seeds: weighted(pass.seeds), targets: Set(trainable))
+      let (gradients, baseSeeds) = try pass.tape.replayGradients(seeds: weighted(pass.seeds), targets: Set(trainable), releasing: true)
       for (name, seed) in baseSeeds { if seeds[name] == nil { seeds[name] = seed } else { seeds[name]!.accumulate(seed) } }
       replayed.append(gradients)
     }
-    var computed = try tape.gradients(seeds: seeds, targets: Set(trainable))
+    var computed = try tape.gradients(seeds: seeds, targets: Set(trainable), releasing: true)
     for gradients in replayed { for (name, gradient) in gradients { computed[name]!.accumulate(gradient) } }
     return computed
   }

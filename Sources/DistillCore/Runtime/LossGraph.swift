@@ -55,7 +55,7 @@ public final class LossGraph: @unchecked Sendable {
       let tape = try interpreter.record(feeds, training: true)
       outputs = tape.outputs
       let seed = Tensor(shape: outputs[0].shape, floats: [Float](repeating: 1, count: outputs[0].count))
-      gradients = try tape.gradients(seeds: [lossName: seed], targets: targets)
+      gradients = try tape.gradients(seeds: [lossName: seed], targets: targets, releasing: true)
     }
     guard outputs[0].count == 1 else {
       throw RuntimeError("loss '\(lossName)' has shape \(outputs[0].shapeDescription), expected a scalar")

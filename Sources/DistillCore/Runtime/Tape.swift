@@ -3,8 +3,10 @@ import Dispatch
 /// A recorded forward pass (`Interpreter.record`) and the reverse pass over it.
 public final class Tape {
   let interpreter: Interpreter
-  let values: [Tensor?]
-  let records: [Interpreter.Record]
+  private(set) var values: [Tensor?]
+  private(set) var records: [Interpreter.Record]
+  /// Whether a reverse pass with `releasing` consumed the values.
+  private(set) var released = false
   /// The graph outputs of the recorded pass.
   public let outputs: [Tensor]
   /// New values for state initializers (BatchNormalization running statistics in training).
@@ -43,20 +45,26 @@ public final class Tape {
   /// value run again; every other value is this pass's. A replaced value is a constant of the new
   /// pass: its own gradient is zero and none flows through it. Differentiate the new pass with
   /// `replayGradients`, whose `baseSeeds` join this pass's seeds.
-  public func replay(overriding: [String: Tensor]) throws -> Tape { try interpreter.replay(self, overriding: overriding) }
+  public func replay(overriding: [String: Tensor]) throws -> Tape {
+    guard !released else { throw RuntimeError("this tape's values were released by an earlier reverse pass (gradients with releasing)") }
+    return try interpreter.replay(self, overriding: overriding)
+  }
 
   /// For a pass made by `replay`: d(sum seed * value)/d target over the recomputed nodes
   /// (`gradients`), and the seeds to add to the base pass's (`baseSeeds`): the gradients with
   /// respect to the base values the recomputed nodes read, and any seed of a value the replay did
   /// not recompute. The targets' full gradient is `gradients` plus the base pass's with those seeds.
-  public func replayGradients(seeds: [String: Tensor], targets: Set<String>) throws -> (gradients: [String: Tensor], baseSeeds: [String: Tensor]) {
+  /// `releasing` consumes this pass as in `gradients` (the base pass keeps its values).
+  public func replayGradients(seeds: [String: Tensor], targets: Set<String>, releasing: Bool = false) throws -> (
+    gradients: [String: Tensor], baseSeeds: [String: Tensor]
+  ) {
     guard let replay else { throw RuntimeError("replayGradients needs a pass made by Tape.replay") }
     var own: [String: Tensor] = [:], baseSeeds: [String: Tensor] = [:]
     for (name, seed) in seeds {
       if let slot = interpreter.slot(named: name), replay.recomputed.contains(slot) { own[name] = seed } else { baseSeeds[name] = seed }
     }
     let boundary = Set(replay.boundary.map(interpreter.name(ofSlot:))).subtracting(targets)
-    var gradients = try self.gradients(seeds: own, targets: targets.union(boundary))
+    var gradients = try self.gradients(seeds: own, targets: targets.union(boundary), releasing: releasing)
     for name in boundary {
       guard let gradient = gradients.removeValue(forKey: name) else { continue }
       if baseSeeds[name] == nil { baseSeeds[name] = gradient } else { baseSeeds[name]!.accumulate(gradient) }
@@ -67,7 +75,14 @@ public final class Tape {
   /// Gradients with respect to the values in `targets` (parameters, inputs or intermediate values)
   /// of `sum(seed_v * v)` over the seeded values v: seeding a scalar loss with 1 gives d loss / d target.
   /// A target the seeds do not depend on gets zeros.
-  public func gradients(seeds: [String: Tensor], targets: Set<String>) throws -> [String: Tensor] {
+  ///
+  /// With `releasing`, the pass consumes the tape to keep memory low: each recorded value is
+  /// dropped once the reverse pass has gone past every node that reads or produces it, and each
+  /// gradient once the node that produced its value has used it (except the targets'). The
+  /// gradients are the same; afterwards `value` returns nil for every value and another
+  /// `gradients` or `replay` throws (`outputs` and `stateUpdates` stay).
+  public func gradients(seeds: [String: Tensor], targets: Set<String>, releasing: Bool = false) throws -> [String: Tensor] {
+    guard !released else { throw RuntimeError("this tape's values were released by an earlier reverse pass (gradients with releasing)") }
     var targetSlots = Set<Int>()
     for name in targets {
       guard let slot = interpreter.slot(named: name) else { throw RuntimeError("no value named '\(name)' to differentiate") }
@@ -91,10 +106,40 @@ public final class Tape {
       }
       gradients[slot] = seed
     }
-    for record in records.reversed() {
+    // Targets the seeds do not reach get zeros of their value's shape, known before it is released.
+    var unreached: [Int: (shape: [Int], dtype: DataType)] = [:]
+    for slot in targetSlots { if let value = values[slot] { unreached[slot] = (value.shape, value.dtype) } }
+    // Releasing: the slots whose earliest recorded use is each record, dropped once it is done.
+    var releasedAfter: [Int: [Int]] = [:]
+    if releasing {
+      var seen = Set<Int>()
+      for (index, record) in records.enumerated() {
+        let step = interpreter.stepInfo(record.step)
+        for case let slot? in step.inputs + step.outputs where seen.insert(slot).inserted { releasedAfter[index, default: []].append(slot) }
+      }
+      released = true
+    }
+    defer {
+      if releasing {
+        values = [Tensor?](repeating: nil, count: values.count)
+        records = []
+      }
+    }
+    for index in records.indices.reversed() {
+      let record = records[index]
+      if releasing { records[index] = Interpreter.Record(step: record.step, inputs: [], outputs: []) }
+      defer {
+        if releasing {
+          for slot in releasedAfter[index] ?? [] { values[slot] = nil }
+        }
+      }
       let step = interpreter.stepInfo(record.step)
       let outputGradients = step.outputs.map { $0.flatMap { replay?.replaced.contains($0) == true ? nil : gradients[$0] } }
       guard outputGradients.contains(where: { $0 != nil }) else { continue }
+      if releasing {
+        // Only this node reads its outputs' gradients: it produced those values.
+        for case let slot? in step.outputs where !targetSlots.contains(slot) { gradients[slot] = nil }
+      }
       let wanted = step.inputs.enumerated().filter { _, slot in
         guard let slot, needed.contains(slot), let value = values[slot] else { return false }
         return value.isFloat
@@ -124,8 +169,8 @@ public final class Tape {
       let slot = interpreter.slot(named: name)!
       if let gradient = gradients[slot], replay?.replaced.contains(slot) != true {
         result[name] = gradient
-      } else if let value = values[slot] {
-        result[name] = Tensor(zeros: value.shape, dtype: value.dtype)
+      } else if let (shape, dtype) = unreached[slot] {
+        result[name] = Tensor(zeros: shape, dtype: dtype)
       }
     }
     return result
