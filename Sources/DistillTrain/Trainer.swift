@@ -114,6 +114,10 @@ public struct LossEvaluation: @unchecked Sendable {
 /// A scalar loss computed from a recorded pass. A loss may own trainable tensors (adapters): the
 /// trainer updates them with the student's parameters, from `parameterGradients`, and checkpoints them.
 public protocol TrainingLoss {
+  /// Work on `batch` that needs no recorded pass (distillation runs its teacher here), done by
+  /// the trainer before it records the pass, so that its temporary memory never adds to the
+  /// tape's; returns the batch `evaluate` then receives. By default the batch as it is.
+  func prepare(_ batch: Batch) throws -> Batch
   func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation
   /// The trainable tensors the loss owns, in a fixed order (names distinct from the model's).
   var parameters: [NamedTensor] { get }
@@ -121,6 +125,7 @@ public protocol TrainingLoss {
 }
 
 extension TrainingLoss {
+  public func prepare(_ batch: Batch) throws -> Batch { batch }
   public var parameters: [NamedTensor] { [] }
   public func setParameter(_ name: String, _ tensor: Tensor) throws {
     throw TrainingError.mismatch("the loss has no parameter '\(name)'")
@@ -260,11 +265,17 @@ public final class Trainer {
   /// the run's random state.
   public func initialReport() throws -> StepReport {
     var random = self.random
-    let batch = try batches(step, &random)
-    let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train)
-    let evaluation = try loss.evaluate(tape, batch)
+    let (_, evaluation) = try recordAndEvaluate(step, &random)
     let (value, terms) = try parallel?.globalValues(loss: evaluation.loss, terms: evaluation.terms) ?? (evaluation.loss, evaluation.terms)
     return StepReport(step: step, loss: value, learningRate: learningRate(at: step), gradientNorm: nil, skipped: nil, terms: terms)
+  }
+
+  /// The batch of 0-based step `index`, prepared by the loss, then the recorded pass on it and the
+  /// loss's evaluation of that pass. The batch itself is not kept beyond the evaluation.
+  private func recordAndEvaluate(_ index: Int, _ random: inout SplitMix64) throws -> (tape: Tape, evaluation: LossEvaluation) {
+    let batch = try loss.prepare(batches(index, &random))
+    let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train)
+    return (tape, try loss.evaluate(tape, batch))
   }
 
   /// Appends `report` to the log (`options.logPath`).
@@ -329,9 +340,7 @@ public final class Trainer {
     let started = ContinuousClock.now
     let index = step
     let rate = learningRate(at: index)
-    let batch = try batches(index, &random)
-    let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train)
-    let evaluation = try loss.evaluate(tape, batch)
+    let (tape, evaluation) = try recordAndEvaluate(index, &random)
     let (value, terms) = try parallel?.globalValues(loss: evaluation.loss, terms: evaluation.terms) ?? (evaluation.loss, evaluation.terms)
     var report = StepReport(step: index + 1, loss: value, learningRate: rate, gradientNorm: nil, skipped: nil, terms: terms)
     if !value.isFinite {
