@@ -16,7 +16,9 @@ public final class Interpreter: @unchecked Sendable {
     var writesChannelsLast = false
   }
 
-  public let graph: Graph
+  /// The prepared graph (fused, Constant tensors promoted); `releaseInitializerData` empties its
+  /// initializers' data.
+  public private(set) var graph: Graph
   private var steps: [Step] = []
   private var slotOf: [String: Int] = [:]
   private var names: [String] = []
@@ -298,6 +300,16 @@ public final class Interpreter: @unchecked Sendable {
   /// The float initializers: the values training can update.
   public var parameterNames: [String] {
     graph.initializers.filter { $0.dataType.isFloatingPoint }.compactMap(\.name)
+  }
+
+  /// Empties the data of `graph`'s initializers (names, dtypes and dims stay). The interpreter
+  /// computes with its own decoded copies (`parameter`), so a caller that keeps no other use for
+  /// the model's tensor bytes (a distillation teacher) frees them.
+  public func releaseInitializerData() {
+    for index in graph.initializers.indices {
+      graph.initializers[index].bytes = []
+      graph.initializers[index].strings = []
+    }
   }
 
   /// The current value of an initializer.
