@@ -209,6 +209,12 @@ public final class DistillationLoss: TrainingLoss {
     return prepared
   }
 
+  /// The student taps and head outputs `evaluate` reads; nil (every value) when a method replays
+  /// the student's pass.
+  public var recordedValues: Set<String>? {
+    reruns.isEmpty ? Set(studentTaps).union(task?.loss.outputNames ?? []) : nil
+  }
+
   public func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation {
     guard let images = batch.feeds[studentInput] else { throw TrainingError.invalidConfig("the batch has no input '\(studentInput)'") }
     let needsObjects = methods.contains(where: \.needsObjects) || task != nil

@@ -119,6 +119,10 @@ public protocol TrainingLoss {
   /// tape's; returns the batch `evaluate` then receives. By default the batch as it is.
   func prepare(_ batch: Batch) throws -> Batch
   func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation
+  /// The values of the recorded pass `evaluate` reads (`Tape.value`), or nil when that may be any
+  /// of them (the default) or the loss replays the pass (`Tape.replay`). With a set, the trainer
+  /// records a pass that keeps only those values and what the reverse pass needs.
+  var recordedValues: Set<String>? { get }
   /// The trainable tensors the loss owns, in a fixed order (names distinct from the model's).
   var parameters: [NamedTensor] { get }
   func setParameter(_ name: String, _ tensor: Tensor) throws
@@ -126,6 +130,7 @@ public protocol TrainingLoss {
 
 extension TrainingLoss {
   public func prepare(_ batch: Batch) throws -> Batch { batch }
+  public var recordedValues: Set<String>? { nil }
   public var parameters: [NamedTensor] { [] }
   public func setParameter(_ name: String, _ tensor: Tensor) throws {
     throw TrainingError.mismatch("the loss has no parameter '\(name)'")
@@ -142,6 +147,8 @@ public struct MeanSquaredError: TrainingLoss {
     self.output = output
     self.target = target ?? output
   }
+
+  public var recordedValues: Set<String>? { [output] }
 
   public func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation {
     guard let y = tape.value(output) else { throw TrainingError.invalidConfig("the loss reads '\(output)', which the pass did not compute") }
@@ -274,7 +281,7 @@ public final class Trainer {
   /// loss's evaluation of that pass. The batch itself is not kept beyond the evaluation.
   private func recordAndEvaluate(_ index: Int, _ random: inout SplitMix64) throws -> (tape: Tape, evaluation: LossEvaluation) {
     let batch = try loss.prepare(batches(index, &random))
-    let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train)
+    let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train, keeping: loss.recordedValues)
     return (tape, try loss.evaluate(tape, batch))
   }
 

@@ -1,6 +1,7 @@
-import DistillCore
 import Foundation
 import XCTest
+
+@testable import DistillCore
 
 /// An identity whose backward pass calls `ObserveBackward.hook` first: lets a test look at a tape
 /// in the middle of its reverse pass.
@@ -109,5 +110,64 @@ final class TapeReleaseTests: XCTestCase {
     for (name, seed) in expected.baseSeeds { XCTAssertEqual(released.baseSeeds[name]?.floats, seed.floats, name) }
     let full = try base.gradients(seeds: released.baseSeeds, targets: ["x"], releasing: true)
     XCTAssertEqual(full["x"]?.shape, [2, 3])
+  }
+}
+
+/// What a recorded pass keeps: each node's declared `savedForBackward` values (empty stand-ins for
+/// the others), and with `keeping` only the named values besides the outputs and initializers.
+final class TapeSavingTests: XCTestCase {
+  /// a = x * w; c = a + b; r = Relu(c); y = sum(r * r).
+  func testANodeKeepsOnlyWhatItsBackwardReadsAndKeepingDropsTheRest() throws {
+    var builder = GraphBuilder(name: "saving")
+    let x = builder.input("x", shape: [2, 3]), b = builder.input("b", shape: [3])
+    let w = builder.parameter(Tensor(shape: [3], floats: [0.5, -1.5, 2]), name: "w")
+    let a = builder.add("Mul", [x, w], hint: "a")
+    let c = builder.add("Add", [a, b], hint: "c")
+    let r = builder.add("Relu", [c], hint: "r")
+    let y = builder.reduceSum(builder.add("Mul", [r, r], hint: "square"))
+    builder.output(y, shape: [])
+    let interpreter = try Interpreter(model: builder.model, fuse: false)
+    let feeds = ["x": Tensor(shape: [2, 3], floats: [0.3, -0.7, 1.1, -0.2, 0.9, 0.4]), "b": Tensor(shape: [3], floats: [0.2, 0.2, -0.3])]
+    let full = try interpreter.record(feeds), pruned = try interpreter.record(feeds, keeping: [r])
+
+    func record(_ tape: Tape, producing value: String) -> Interpreter.Record {
+      tape.records.first { interpreter.stepInfo($0.step).outputs.contains(interpreter.slot(named: value)) }!
+    }
+    for tape in [full, pruned] {
+      let (mul, add, relu) = (record(tape, producing: a), record(tape, producing: c), record(tape, producing: r))
+      XCTAssertEqual(mul.inputs.map { $0?.count }, [6, 3], "Mul keeps its inputs")
+      XCTAssertEqual(mul.outputs.map(\.shape), [[0]], "and not its product")
+      XCTAssertEqual(add.inputs.map { $0?.shape }, [[0], [0]], "Add keeps nothing")
+      XCTAssertEqual(add.outputs.map(\.shape), [[0]])
+      XCTAssertEqual(add.inputTypes.map { $0?.shape }, [[2, 3], [3]], "but knows the shapes its gradients are summed to")
+      XCTAssertEqual(relu.inputs.map { $0?.shape }, [[0]], "Relu keeps its result only")
+      XCTAssertEqual(relu.outputs.map(\.count), [6])
+    }
+    XCTAssertNotNil(full.value(a))
+    XCTAssertNotNil(full.value(c))
+    XCTAssertNil(pruned.value(a), "read by Add only, which does not keep it")
+    XCTAssertNil(pruned.value(c))
+    XCTAssertNil(pruned.value("x"))
+    XCTAssertEqual(pruned.value(r)?.floats, full.value(r)?.floats, "kept as asked")
+    XCTAssertEqual(pruned.value("w")?.floats, [0.5, -1.5, 2], "initializers stay")
+    XCTAssertEqual(pruned.outputs[0].floats, full.outputs[0].floats)
+
+    let seeds = [y: Tensor(shape: [], floats: [1])]
+    let targets: Set<String> = ["x", "b", "w"]
+    let expected = try full.gradients(seeds: seeds, targets: targets)
+    let got = try pruned.gradients(seeds: seeds, targets: targets, releasing: true)
+    for name in targets { XCTAssertEqual(got[name]?.floats, expected[name]?.floats, name) }
+    XCTAssertEqual(got["b"]?.shape, [3])
+    XCTAssertEqual(got["x"]!.floats.map { $0 == 0 }, [false, false, false, false, true, false], "Relu's mask, read from its result")
+
+    XCTAssertThrowsError(try interpreter.record(feeds, keeping: [c]).gradients(seeds: [a: Tensor(shape: [2, 3], floats: [1, 1, 1, 1, 1, 1])], targets: ["x"])) {
+      XCTAssertTrue("\($0)".contains("did not keep '\(a)' to seed"), "\($0)")
+    }
+    XCTAssertThrowsError(try interpreter.record(feeds, keeping: [r]).replay(overriding: ["w": Tensor(shape: [3], floats: [1, 1, 1])])) {
+      XCTAssertTrue("\($0)".contains("replay needs every value"), "\($0)")
+    }
+    XCTAssertThrowsError(try interpreter.record(feeds, keeping: ["nothing"])) {
+      XCTAssertTrue("\($0)".contains("no value named 'nothing'"), "\($0)")
+    }
   }
 }

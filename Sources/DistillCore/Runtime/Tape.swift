@@ -13,6 +13,8 @@ public final class Tape {
   public let stateUpdates: [String: Tensor]
   /// Whether the pass ran with training behaviour; backward passes see the same flag.
   public let training: Bool
+  /// Whether the tape holds every value of the pass (recorded without `keeping`).
+  let complete: Bool
 
   /// What a pass made by `replay` did: the slots it `replaced` (constants to the reverse pass),
   /// the slots it `recomputed` (replaced ones included), and the `boundary`: values of its base
@@ -26,9 +28,10 @@ public final class Tape {
 
   init(
     interpreter: Interpreter, values: [Tensor?], records: [Interpreter.Record], outputs: [Tensor], stateUpdates: [String: Tensor],
-    training: Bool, replay: Replay? = nil
+    training: Bool, complete: Bool = true, replay: Replay? = nil
   ) {
     self.training = training
+    self.complete = complete
     self.replay = replay
     self.interpreter = interpreter
     self.values = values
@@ -37,16 +40,19 @@ public final class Tape {
     self.stateUpdates = stateUpdates
   }
 
-  /// The value `name` took in the recorded pass.
+  /// The value `name` took in the recorded pass; nil for a value the pass did not keep
+  /// (`Interpreter.record` with `keeping`) or a reverse pass released.
   public func value(_ name: String) -> Tensor? { interpreter.slot(named: name).flatMap { values[$0] } }
 
   /// This pass again, recorded, with the values in `overriding` (initializers, inputs or node
   /// outputs, each keeping its shape and dtype) replaced: only the nodes downstream of a replaced
   /// value run again; every other value is this pass's. A replaced value is a constant of the new
   /// pass: its own gradient is zero and none flows through it. Differentiate the new pass with
-  /// `replayGradients`, whose `baseSeeds` join this pass's seeds.
+  /// `replayGradients`, whose `baseSeeds` join this pass's seeds. Needs a pass that kept every
+  /// value (recorded without `keeping`).
   public func replay(overriding: [String: Tensor]) throws -> Tape {
     guard !released else { throw RuntimeError("this tape's values were released by an earlier reverse pass (gradients with releasing)") }
+    guard complete else { throw RuntimeError("replay needs every value of the recorded pass; record it without `keeping`") }
     return try interpreter.replay(self, overriding: overriding)
   }
 
@@ -98,17 +104,21 @@ public final class Tape {
     }
     var gradients: [Int: Tensor] = [:]
     for (name, seed) in seeds {
-      guard let slot = interpreter.slot(named: name), let value = values[slot] else {
-        throw RuntimeError("no value named '\(name)' to seed")
-      }
+      guard let slot = interpreter.slot(named: name) else { throw RuntimeError("no value named '\(name)' to seed") }
+      guard let value = values[slot] else { throw RuntimeError("the recorded pass did not keep '\(name)' to seed (record it with '\(name)' in `keeping`)") }
       guard seed.shape == value.shape, seed.isFloat else {
         throw RuntimeError("seed for '\(name)' is \(seed.shapeDescription), the value is \(value.shapeDescription)")
       }
       gradients[slot] = seed
     }
     // Targets the seeds do not reach get zeros of their value's shape, known before it is released.
-    var unreached: [Int: (shape: [Int], dtype: DataType)] = [:]
-    for slot in targetSlots { if let value = values[slot] { unreached[slot] = (value.shape, value.dtype) } }
+    var unreached: [Int: Interpreter.ValueType] = [:]
+    for slot in targetSlots { if let value = values[slot] { unreached[slot] = Interpreter.ValueType(shape: value.shape, dtype: value.dtype) } }
+    for record in records where unreached.count < targetSlots.count {
+      let step = interpreter.stepInfo(record.step)
+      let types = zip(step.inputs, record.inputTypes).map { ($0, $1) } + zip(step.outputs, record.outputTypes).map { ($0, Optional($1)) }
+      for case let (slot?, type?) in types where targetSlots.contains(slot) && unreached[slot] == nil { unreached[slot] = type }
+    }
     // Releasing: the slots whose earliest recorded use is each record, dropped once it is done.
     var releasedAfter: [Int: [Int]] = [:]
     if releasing {
@@ -127,7 +137,7 @@ public final class Tape {
     }
     for index in records.indices.reversed() {
       let record = records[index]
-      if releasing { records[index] = Interpreter.Record(step: record.step, inputs: [], outputs: []) }
+      if releasing { records[index] = record.emptied() }
       defer {
         if releasing {
           for slot in releasedAfter[index] ?? [] { values[slot] = nil }
@@ -140,9 +150,9 @@ public final class Tape {
         // Only this node reads its outputs' gradients: it produced those values.
         for case let slot? in step.outputs where !targetSlots.contains(slot) { gradients[slot] = nil }
       }
-      let wanted = step.inputs.enumerated().filter { _, slot in
-        guard let slot, needed.contains(slot), let value = values[slot] else { return false }
-        return value.isFloat
+      let wanted = step.inputs.enumerated().filter { index, slot in
+        guard let slot, needed.contains(slot), let type = record.inputTypes[index] else { return false }
+        return type.dtype.isFloatingPoint
       }
       guard !wanted.isEmpty else { continue }
       guard let op = step.op as? any DifferentiableOperator else {
@@ -159,7 +169,7 @@ public final class Tape {
         interpreter.profile!["backward " + step.node.opType, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
       }
       for (index, slot) in wanted {
-        guard index < inputGradients.count, let gradient = inputGradients[index], let slot, let input = record.inputs[index] else { continue }
+        guard index < inputGradients.count, let gradient = inputGradients[index], let slot, let input = record.inputTypes[index] else { continue }
         let reduced = gradient.summed(to: input.shape)
         if gradients[slot] == nil { gradients[slot] = reduced } else { gradients[slot]!.accumulate(reduced) }
       }
@@ -169,8 +179,8 @@ public final class Tape {
       let slot = interpreter.slot(named: name)!
       if let gradient = gradients[slot], replay?.replaced.contains(slot) != true {
         result[name] = gradient
-      } else if let (shape, dtype) = unreached[slot] {
-        result[name] = Tensor(zeros: shape, dtype: dtype)
+      } else if let type = unreached[slot] {
+        result[name] = Tensor(zeros: type.shape, dtype: type.dtype)
       }
     }
     return result
