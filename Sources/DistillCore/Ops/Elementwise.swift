@@ -556,13 +556,22 @@ extension Unary: DifferentiableOperator {
     guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, !["IsNaN", "IsInf", "Not"].contains(op) else { return [nil] }
     let y = outputs[0]
     let derivative = self.derivative()
-    let (readsX, readsY) = (savedForBackward.inputs, savedForBackward.outputs)
+    let saved = savedForBackward
     var dx = dy
     dx.dtype = x.dtype
     x.floats.withUnsafeBufferPointer { px in
       y.floats.withUnsafeBufferPointer { py in
         dx.floats.withUnsafeMutableBufferPointer { pd in
-          for index in pd.indices { pd[index] *= derivative(readsX ? px[index] : 0, readsY ? py[index] : 0) }
+          // Only the saved values are read (the others are empty stand-ins).
+          if op == "Relu" {
+            for index in pd.indices { pd[index] *= py[index] > 0 ? 1 : 0 }
+          } else if !saved.outputs {
+            for index in pd.indices { pd[index] *= derivative(px[index], 0) }
+          } else if !saved.inputs {
+            for index in pd.indices { pd[index] *= derivative(0, py[index]) }
+          } else {
+            for index in pd.indices { pd[index] *= derivative(px[index], py[index]) }
+          }
         }
       }
     }
