@@ -79,18 +79,16 @@ public struct Checkpoint: Sendable {
 
   // MARK: Encoding
 
-  /// The file's bytes.
+  /// The file's bytes, built in one buffer (the payload is not assembled separately first).
   public func encoded() -> [UInt8] {
-    var payload: [UInt8] = []
-    payload.reserveCapacity(4 * (student + adapters + optimizer.tensors).reduce(0) { $0 + $1.tensor.count })
+    var payloadLength = 0
     func entries(_ tensors: [NamedTensor]) -> [Entry] {
       tensors.map { named in
         let tensor = named.tensor
-        let values = tensor.isFloat ? tensor.floats : tensor.ints.map { Float($0) }
         let entry = Entry(
           name: named.name, dtype: tensor.dtype.description, onnxType: tensor.dtype.rawValue, shape: tensor.shape,
-          offset: payload.count, count: values.count)
-        Checkpoint.appendLittleEndian(values, to: &payload)
+          offset: payloadLength, count: tensor.count)
+        payloadLength += 4 * tensor.count
         return entry
       }
     }
@@ -102,17 +100,21 @@ public struct Checkpoint: Sendable {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
     let json = [UInt8](try! encoder.encode(header))
-    var checksum = FNV1a64()
-    checksum.add(json)
-    checksum.add(payload)
     var bytes = Checkpoint.magic
-    bytes.reserveCapacity(Checkpoint.prefixLength + json.count + payload.count)
+    bytes.reserveCapacity(Checkpoint.prefixLength + json.count + payloadLength)
     Checkpoint.append(Checkpoint.version, to: &bytes)
     Checkpoint.append(UInt32(json.count), to: &bytes)
-    Checkpoint.append(UInt64(payload.count), to: &bytes)
-    Checkpoint.append(checksum.value, to: &bytes)
+    Checkpoint.append(UInt64(payloadLength), to: &bytes)
+    let checksumOffset = bytes.count
+    Checkpoint.append(UInt64(0), to: &bytes)
     bytes += json
-    bytes += payload
+    for named in student + adapters + optimizer.tensors {
+      let tensor = named.tensor
+      Checkpoint.appendLittleEndian(tensor.isFloat ? tensor.floats : tensor.ints.map { Float($0) }, to: &bytes)
+    }
+    var checksum = FNV1a64()
+    checksum.add(bytes[Checkpoint.prefixLength...])
+    withUnsafeBytes(of: checksum.value.littleEndian) { bytes.replaceSubrange(checksumOffset..<(checksumOffset + 8), with: $0) }
     return bytes
   }
 
@@ -242,10 +244,15 @@ public struct Checkpoint: Sendable {
         throw TrainingError.checkpoint(file: path, problem: "cannot write: \(error)")
       }
       try beforeVerify?(temporary)
-      guard let reread = FileManager.default.contents(atPath: temporary), [UInt8](reread) == bytes else {
+      // Compared in place (no copy of the file's bytes); equal, they decode as `bytes` do.
+      let same = FileManager.default.contents(atPath: temporary).map { reread in
+        reread.count == bytes.count
+          && reread.withUnsafeBytes { file in bytes.withUnsafeBytes { memory in memcmp(file.baseAddress!, memory.baseAddress!, memory.count) == 0 } }
+      }
+      guard same == true else {
         throw TrainingError.checkpoint(file: path, problem: "cannot write: re-reading \(temporary) gave other bytes than were written")
       }
-      _ = try Checkpoint.decode([UInt8](reread), file: temporary)
+      _ = try Checkpoint.decode(bytes, file: temporary)
     } catch {
       unlink(temporary)
       throw error

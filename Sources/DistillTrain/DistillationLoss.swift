@@ -185,14 +185,45 @@ public final class DistillationLoss: TrainingLoss {
 
   /// The teacher's taps on `images` (no tape).
   public func teacherTapValues(_ images: Tensor) throws -> [String: Tensor] {
-    try teacher.run([teacherInput: images], taps: Set(teacherTaps + reruns.map(\.teacherTap)).union(pseudoLabels?.decoder.outputNames ?? [])).taps
+    try teacher.run([teacherInput: images], taps: teacherRunTaps).taps
+  }
+
+  /// The values `teacherTapValues` computes.
+  private var teacherRunTaps: Set<String> { Set(teacherTaps + reruns.map(\.teacherTap)).union(pseudoLabels?.decoder.outputNames ?? []) }
+
+  /// Whether a step on `batch` needs the teacher: when a loss reads it, or when its detections
+  /// must stand in for annotations.
+  private func needsTeacher(_ batch: Batch) -> Bool {
+    let needsObjects = methods.contains(where: \.needsObjects) || task != nil
+    return !teacherTaps.isEmpty || !reruns.isEmpty || (needsObjects && batch.annotations.isEmpty)
+  }
+
+  /// Runs the teacher on the batch's images before the trainer records the student, so that the
+  /// teacher's activations never coexist with the student's tape: `batch` with the teacher's
+  /// values in its targets, as `teacher:TAP`, which `evaluate` then reads instead of running the
+  /// teacher itself.
+  public func prepare(_ batch: Batch) throws -> Batch {
+    guard needsTeacher(batch), let images = batch.feeds[studentInput] else { return batch }
+    var prepared = batch
+    for (tap, value) in try teacherTapValues(images) { prepared.targets[Self.teacherValue(tap)] = value }
+    return prepared
+  }
+
+  /// The student taps and head outputs `evaluate` reads; nil (every value) when a method replays
+  /// the student's pass.
+  public var recordedValues: Set<String>? {
+    reruns.isEmpty ? Set(studentTaps).union(task?.loss.outputNames ?? []) : nil
   }
 
   public func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation {
     guard let images = batch.feeds[studentInput] else { throw TrainingError.invalidConfig("the batch has no input '\(studentInput)'") }
-    // The teacher runs when a loss reads it, or when its detections must stand in for annotations.
     let needsObjects = methods.contains(where: \.needsObjects) || task != nil
-    let teacherValues = !teacherTaps.isEmpty || !reruns.isEmpty || (needsObjects && batch.annotations.isEmpty) ? try teacherTapValues(images) : [:]
+    var teacherValues: [String: Tensor] = [:]
+    if needsTeacher(batch) {
+      let runTaps = teacherRunTaps
+      let prepared = runTaps.compactMap { tap in batch.targets[Self.teacherValue(tap)].map { (tap, $0) } }
+      teacherValues = prepared.count == runTaps.count ? Dictionary(uniqueKeysWithValues: prepared) : try teacherTapValues(images)
+    }
     var feeds: [String: Tensor] = [:]
     for tap in teacherTaps { feeds[Self.teacherValue(tap)] = teacherValues[tap] }
     for tap in studentTaps {

@@ -10,7 +10,6 @@ import Foundation
 public final class Distiller {
   public let config: DistillConfig
   public let studentModel: Model
-  public let teacherModel: Model
   public let loss: DistillationLoss
   public let trainer: Trainer
   public let inputSize: (height: Int, width: Int)
@@ -30,7 +29,6 @@ public final class Distiller {
     }
     let teacherRead = read(config.teacher, "teacher"), studentRead = read(config.student, "student")
     guard let teacherModel = teacherRead, let studentModel = studentRead else { throw ConfigProblems(file: config.file, problems: problems) }
-    self.teacherModel = teacherModel
     self.studentModel = studentModel
     let teacherGraph = teacherModel.graph!, studentGraph = studentModel.graph!
 
@@ -99,6 +97,8 @@ public final class Distiller {
     let teacherTaps = Set(config.losses.flatMap(\.teacher) + methods.flatMap(\.extraTaps.teacher) + reruns.map(\.teacherTap))
     let teacherDecoder = setup.teacherHead.map { HeadDecoder($0) }
     let teacher = try Interpreter(model: teacherModel, keep: teacherTaps.union(teacherDecoder?.outputNames ?? []))
+    // Nothing reads the teacher's weights but its interpreter, which holds them decoded.
+    teacher.releaseInitializerData()
     trainer = try Trainer(
       model: studentModel, config: config.training, keep: studentTaps, loss: PendingLoss(), options: options,
       batches: { _, _ in Batch(feeds: [:]) })

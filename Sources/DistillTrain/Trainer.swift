@@ -114,13 +114,23 @@ public struct LossEvaluation: @unchecked Sendable {
 /// A scalar loss computed from a recorded pass. A loss may own trainable tensors (adapters): the
 /// trainer updates them with the student's parameters, from `parameterGradients`, and checkpoints them.
 public protocol TrainingLoss {
+  /// Work on `batch` that needs no recorded pass (distillation runs its teacher here), done by
+  /// the trainer before it records the pass, so that its temporary memory never adds to the
+  /// tape's; returns the batch `evaluate` then receives. By default the batch as it is.
+  func prepare(_ batch: Batch) throws -> Batch
   func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation
+  /// The values of the recorded pass `evaluate` reads (`Tape.value`), or nil when that may be any
+  /// of them (the default) or the loss replays the pass (`Tape.replay`). With a set, the trainer
+  /// records a pass that keeps only those values and what the reverse pass needs.
+  var recordedValues: Set<String>? { get }
   /// The trainable tensors the loss owns, in a fixed order (names distinct from the model's).
   var parameters: [NamedTensor] { get }
   func setParameter(_ name: String, _ tensor: Tensor) throws
 }
 
 extension TrainingLoss {
+  public func prepare(_ batch: Batch) throws -> Batch { batch }
+  public var recordedValues: Set<String>? { nil }
   public var parameters: [NamedTensor] { [] }
   public func setParameter(_ name: String, _ tensor: Tensor) throws {
     throw TrainingError.mismatch("the loss has no parameter '\(name)'")
@@ -137,6 +147,8 @@ public struct MeanSquaredError: TrainingLoss {
     self.output = output
     self.target = target ?? output
   }
+
+  public var recordedValues: Set<String>? { [output] }
 
   public func evaluate(_ tape: Tape, _ batch: Batch) throws -> LossEvaluation {
     guard let y = tape.value(output) else { throw TrainingError.invalidConfig("the loss reads '\(output)', which the pass did not compute") }
@@ -260,11 +272,17 @@ public final class Trainer {
   /// the run's random state.
   public func initialReport() throws -> StepReport {
     var random = self.random
-    let batch = try batches(step, &random)
-    let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train)
-    let evaluation = try loss.evaluate(tape, batch)
+    let (_, evaluation) = try recordAndEvaluate(step, &random)
     let (value, terms) = try parallel?.globalValues(loss: evaluation.loss, terms: evaluation.terms) ?? (evaluation.loss, evaluation.terms)
     return StepReport(step: step, loss: value, learningRate: learningRate(at: step), gradientNorm: nil, skipped: nil, terms: terms)
+  }
+
+  /// The batch of 0-based step `index`, prepared by the loss, then the recorded pass on it and the
+  /// loss's evaluation of that pass. The batch itself is not kept beyond the evaluation.
+  private func recordAndEvaluate(_ index: Int, _ random: inout SplitMix64) throws -> (tape: Tape, evaluation: LossEvaluation) {
+    let batch = try loss.prepare(batches(index, &random))
+    let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train, keeping: loss.recordedValues)
+    return (tape, try loss.evaluate(tape, batch))
   }
 
   /// Appends `report` to the log (`options.logPath`).
@@ -301,18 +319,20 @@ public final class Trainer {
 
   /// The trainable parameters' gradients of `evaluation`: each replay of the recorded pass `tape`
   /// differentiated over the nodes it recomputed, the recorded pass seeded with its seeds plus
-  /// those the replays hand back, and the sum.
+  /// those the replays hand back, and the sum. Consumes the passes (`Tape.gradients` with
+  /// `releasing`): each recorded value is freed as soon as the reverse pass is done with it, so
+  /// the step's memory does not grow past the recorded pass.
   func gradients(_ tape: Tape, _ evaluation: LossEvaluation) throws -> [String: Tensor] {
     // On a data-parallel run, each process's share of the global batch scales its seeds.
     func weighted(_ seeds: [String: Tensor]) -> [String: Tensor] { parallel?.weighted(seeds) ?? seeds }
     var seeds = weighted(evaluation.seeds)
     var replayed: [[String: Tensor]] = []
     for pass in evaluation.additionalPasses {
-      let (gradients, baseSeeds) = try pass.tape.replayGradients(seeds: weighted(pass.seeds), targets: Set(trainable))
+      let (gradients, baseSeeds) = try pass.tape.replayGradients(seeds: weighted(pass.seeds), targets: Set(trainable), releasing: true)
       for (name, seed) in baseSeeds { if seeds[name] == nil { seeds[name] = seed } else { seeds[name]!.accumulate(seed) } }
       replayed.append(gradients)
     }
-    var computed = try tape.gradients(seeds: seeds, targets: Set(trainable))
+    var computed = try tape.gradients(seeds: seeds, targets: Set(trainable), releasing: true)
     for gradients in replayed { for (name, gradient) in gradients { computed[name]!.accumulate(gradient) } }
     return computed
   }
@@ -327,9 +347,7 @@ public final class Trainer {
     let started = ContinuousClock.now
     let index = step
     let rate = learningRate(at: index)
-    let batch = try batches(index, &random)
-    let tape = try interpreter.record(batch.feeds, training: config.batchNormalization == .train)
-    let evaluation = try loss.evaluate(tape, batch)
+    let (tape, evaluation) = try recordAndEvaluate(index, &random)
     let (value, terms) = try parallel?.globalValues(loss: evaluation.loss, terms: evaluation.terms) ?? (evaluation.loss, evaluation.terms)
     var report = StepReport(step: index + 1, loss: value, learningRate: rate, gradientNorm: nil, skipped: nil, terms: terms)
     if !value.isFinite {

@@ -56,4 +56,46 @@ final class DistillStepTests: XCTestCase {
       XCTAssertLessThanOrEqual(error, 1e-3 * size + 1e-7, "\(name): update differs by \(error) (update size \(size))")
     }
   }
+
+  /// `DistillationLoss.prepare` runs the teacher ahead of the student's pass (the trainer calls it
+  /// before recording): `evaluate` then reads the prepared values instead of running the teacher
+  /// again, with the same result as on an unprepared batch.
+  func testPreparedTeacherValuesAreTheOnesEvaluateReads() throws {
+    let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .appendingPathComponent("Fixtures/distill_step")
+    let yaml = """
+      teacher: teacher.onnx
+      student: student.onnx
+      data: {tensors: data, shuffle: false}
+      bn: frozen
+      losses:
+        - {type: mse, teacher: [p3, p4, p5], student: [p3, p4, p5]}
+        - {type: kd, teacher: [cls_p3], student: [cls_p3], activation: sigmoid}
+      train: {steps: 1, batch: 2, optimizer: {type: sgd, lr: 0.05}}
+      """
+    let distiller = try Distiller(config: try DistillConfig(yaml: yaml, file: directory.appendingPathComponent("prepare.yaml").path), options: RunOptions())
+    let loss = distiller.loss
+    var random = SplitMix64(seed: 3)
+    let (height, width) = distiller.inputSize
+    let batch = Batch(feeds: [loss.studentInput: random.normalTensor([2, 3, height, width])])
+    let prepared = try loss.prepare(batch)
+    XCTAssertEqual(Set(prepared.targets.keys), ["teacher:p3", "teacher:p4", "teacher:p5", "teacher:cls_p3"])
+    let direct = try loss.teacherTapValues(batch.feeds[loss.studentInput]!)
+    for (tap, value) in direct { XCTAssertEqual(prepared.targets["teacher:" + tap]?.floats, value.floats, tap) }
+
+    let tape = try distiller.trainer.interpreter.record(batch.feeds, training: false)
+    let unprepared = try loss.evaluate(tape, batch), fromPrepared = try loss.evaluate(tape, prepared)
+    XCTAssertEqual(fromPrepared.loss.bitPattern, unprepared.loss.bitPattern)
+    XCTAssertEqual(fromPrepared.terms, unprepared.terms)
+    XCTAssertEqual(Set(fromPrepared.seeds.keys), Set(unprepared.seeds.keys))
+    for (name, seed) in unprepared.seeds { XCTAssertEqual(fromPrepared.seeds[name]?.floats, seed.floats, name) }
+
+    // The prepared values are what evaluate reads: the student's own P3 there zeroes that term.
+    var altered = prepared
+    altered.targets["teacher:p3"] = tape.value("p3")
+    let fromAltered = try loss.evaluate(tape, altered)
+    XCTAssertEqual(fromAltered.terms["mse:p3"], 0)
+    XCTAssertEqual(fromAltered.terms["mse:p4"], unprepared.terms["mse:p4"])
+    XCTAssertGreaterThan(unprepared.terms["mse:p3"]!, 0)
+  }
 }

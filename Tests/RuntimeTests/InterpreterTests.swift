@@ -96,6 +96,22 @@ final class InterpreterTests: XCTestCase {
     }
   }
 
+  /// The interpreter computes with its decoded weights: emptying its graph's initializer data
+  /// (as the distiller does for a teacher) leaves every output bit for bit as it was.
+  func testReleasingInitializerDataKeepsTheResults() throws {
+    let model = try fixtureModel("tiny_fpn")
+    let input = try Tensor(ModelFile.readTensor(fixtures.appendingPathComponent("models/tiny_fpn/test_data_set_0/input_0.pb").path))
+    let interpreter = try Interpreter(model: model)
+    let before = try interpreter.run(["images": input]).outputs
+    let weights = interpreter.graph.initializers.filter { !$0.bytes.isEmpty }.count
+    XCTAssertGreaterThan(weights, 10)
+    interpreter.releaseInitializerData()
+    XCTAssertEqual(interpreter.graph.initializers.filter { !$0.bytes.isEmpty }.count, 0)
+    XCTAssertEqual(interpreter.graph.initializers.map(\.dims), try Interpreter(model: model).graph.initializers.map(\.dims))
+    let after = try interpreter.run(["images": input]).outputs
+    XCTAssertEqual(after.map { $0.floats.map(\.bitPattern) }, before.map { $0.floats.map(\.bitPattern) })
+  }
+
   /// Paddle writes a conv bias as Add(conv, [1,C,1,1]): fused as a residual it must broadcast.
   func testFusedAddThatOnlyBroadcastsMatchesUnfused() throws {
     var graph = Graph()

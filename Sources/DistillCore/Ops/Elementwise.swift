@@ -543,25 +543,42 @@ struct Dropout: Operator {
 // MARK: - Gradients
 
 extension Unary: DifferentiableOperator {
+  /// Ops whose derivative reads only the result y (`derivative` ignores x); Elu reads both; the others only x.
+  private static let derivativeOfResult: Set<String> = ["Exp", "Reciprocal", "Relu", "Sigmoid", "Sqrt", "Tan", "Tanh"]
+
+  var savedForBackward: SavedValues {
+    op == "Elu" ? .all : Unary.derivativeOfResult.contains(op) ? .outputsOnly : .inputsOnly
+  }
+
   func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
     -> [Tensor?]
   {
     guard let dy = outputGradients[0], let x = inputs[0], x.isFloat, !["IsNaN", "IsInf", "Not"].contains(op) else { return [nil] }
     let y = outputs[0]
     let derivative = self.derivative()
+    let saved = savedForBackward
     var dx = dy
     dx.dtype = x.dtype
     x.floats.withUnsafeBufferPointer { px in
       y.floats.withUnsafeBufferPointer { py in
         dx.floats.withUnsafeMutableBufferPointer { pd in
-          for index in pd.indices { pd[index] *= derivative(px[index], py[index]) }
+          // Only the saved values are read (the others are empty stand-ins).
+          if op == "Relu" {
+            for index in pd.indices { pd[index] *= py[index] > 0 ? 1 : 0 }
+          } else if !saved.outputs {
+            for index in pd.indices { pd[index] *= derivative(px[index], 0) }
+          } else if !saved.inputs {
+            for index in pd.indices { pd[index] *= derivative(0, py[index]) }
+          } else {
+            for index in pd.indices { pd[index] *= derivative(px[index], py[index]) }
+          }
         }
       }
     }
     return [dx]
   }
 
-  /// d f(x) / dx from x and y = f(x).
+  /// d f(x) / dx from x and y = f(x) (only y for `derivativeOfResult`, where x is not saved).
   func derivative() -> (Float, Float) -> Float {
     let alpha = alpha, beta = beta, gamma = gamma
     switch op {
@@ -592,7 +609,7 @@ extension Unary: DifferentiableOperator {
       }
     case "Neg": return { _, _ in -1 }
     case "Reciprocal": return { _, y in -y * y }
-    case "Relu": return { x, _ in x > 0 ? 1 : 0 }
+    case "Relu": return { _, y in y > 0 ? 1 : 0 }
     case "Selu": return { x, _ in x > 0 ? gamma : gamma * alpha * exp(x) }
     case "Shrink": return { x, _ in x < -gamma || x > gamma ? 1 : 0 }
     case "Sigmoid": return { _, y in y * (1 - y) }
@@ -610,20 +627,27 @@ extension Unary: DifferentiableOperator {
 }
 
 extension Binary: DifferentiableOperator {
+  /// Add and Sub read no values (the tape sums their gradients down to the inputs' shapes); Pow
+  /// reads its result too.
+  var savedForBackward: SavedValues { op == "Add" || op == "Sub" ? .none : op == "Pow" ? .all : .inputsOnly }
+
   func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
     -> [Tensor?]
   {
     guard let dy = outputGradients[0], let a = inputs[0], let b = inputs[1], outputs[0].isFloat else { return [nil, nil] }
     let shape = dy.shape
-    let x = Broadcast.expand(a.asFloats, a.shape, to: shape), y = Broadcast.expand(b.asFloats, b.shape, to: shape)
     let g = dy.floats
     func tensor(_ values: [Float], like input: Tensor) -> Tensor? {
       input.isFloat ? Tensor(shape: shape, floats: values, dtype: input.dtype) : nil
     }
-    let count = g.count
     switch op {
     case "Add": return [tensor(g, like: a), tensor(g, like: b)]
     case "Sub": return [tensor(g, like: a), tensor(g.map { -$0 }, like: b)]
+    default: break
+    }
+    let x = Broadcast.expand(a.asFloats, a.shape, to: shape), y = Broadcast.expand(b.asFloats, b.shape, to: shape)
+    let count = g.count
+    switch op {
     case "Mul": return [tensor((0..<count).map { g[$0] * y[$0] }, like: a), tensor((0..<count).map { g[$0] * x[$0] }, like: b)]
     case "Div":
       return [
@@ -712,6 +736,8 @@ extension Cast: DifferentiableOperator {
 }
 
 extension Identity: DifferentiableOperator {
+  var savedForBackward: SavedValues { .none }
+
   func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
     -> [Tensor?]
   {

@@ -8,9 +8,41 @@ public protocol DifferentiableOperator: Operator {
   /// undoes broadcasting).
   func backward(_ inputs: [Tensor?], _ outputs: [Tensor], _ outputGradients: [Tensor?], _ context: ExecutionContext) throws
     -> [Tensor?]
+  /// Which of the forward pass's values `backward` reads. A recorded pass saves only those for the
+  /// reverse pass (the others can be freed as soon as the forward pass is done with them); in
+  /// place of each other one, `backward` receives an empty tensor (shape [0]) of the value's dtype,
+  /// so it must read neither its elements nor its shape. By default every input and output.
+  var savedForBackward: SavedValues { get }
+}
+
+extension DifferentiableOperator {
+  public var savedForBackward: SavedValues { .all }
+}
+
+/// The forward-pass values a backward pass reads: all inputs (omitted ones stay nil), all
+/// outputs, both or neither.
+public struct SavedValues: Sendable, Equatable {
+  public var inputs: Bool
+  public var outputs: Bool
+
+  public init(inputs: Bool, outputs: Bool) {
+    self.inputs = inputs
+    self.outputs = outputs
+  }
+
+  public static let all = SavedValues(inputs: true, outputs: true)
+  public static let none = SavedValues(inputs: false, outputs: false)
+  public static let inputsOnly = SavedValues(inputs: true, outputs: false)
+  public static let outputsOnly = SavedValues(inputs: false, outputs: true)
 }
 
 extension Tensor {
+  /// The stand-in a recorded pass keeps for a value a backward pass does not read: no elements
+  /// (shape [0]), the value's dtype.
+  static func unsaved(like value: Tensor) -> Tensor {
+    value.isFloat ? Tensor(shape: [0], floats: [], dtype: value.dtype) : Tensor(shape: [0], ints: [], dtype: value.dtype)
+  }
+
   /// Sums a broadcast gradient back to `shape` (the input's shape before broadcasting).
   public func summed(to target: [Int]) -> Tensor {
     if shape == target { return self }

@@ -18,7 +18,9 @@ public final class Interpreter: @unchecked Sendable {
     var writesChannelsLastRecorded = false
   }
 
-  public let graph: Graph
+  /// The prepared graph (fused, Constant tensors promoted); `releaseInitializerData` empties its
+  /// initializers' data.
+  public private(set) var graph: Graph
   private var steps: [Step] = []
   private var slotOf: [String: Int] = [:]
   private var names: [String] = []
@@ -176,15 +178,21 @@ public final class Interpreter: @unchecked Sendable {
     return (pass.outputs, pass.taps)
   }
 
-  /// Runs the graph and keeps what the backward pass needs: every node's inputs and outputs.
+  /// Runs the graph and keeps what the backward pass needs: of each differentiable node, the
+  /// inputs and outputs its backward reads (`DifferentiableOperator.savedForBackward`).
   /// With `training`, operators behave as in training (BatchNormalization uses batch statistics and
   /// reports new running statistics in `Tape.stateUpdates`).
+  ///
+  /// `keeping` nil: the tape also keeps every value of the pass (`Tape.value`, `Tape.replay`).
+  /// With a set, it keeps only those values, the graph's outputs and its initializers: every
+  /// other value is freed once the forward pass is done with it, unless a node saved it.
   public func record(
-    _ feeds: [String: Tensor], training: Bool = true, scope: @escaping (String) -> Tensor? = { _ in nil }
+    _ feeds: [String: Tensor], training: Bool = true, keeping: Set<String>? = nil, scope: @escaping (String) -> Tensor? = { _ in nil }
   ) throws -> Tape {
-    let pass = try forward(feeds, taps: [], scope: scope, recording: true, training: training)
+    let pass = try forward(feeds, taps: keeping ?? [], scope: scope, recording: true, training: training, pruning: keeping != nil)
     return Tape(
-      interpreter: self, values: pass.values, records: pass.records, outputs: pass.outputs, stateUpdates: pass.state, training: training)
+      interpreter: self, values: pass.values, records: pass.records, outputs: pass.outputs, stateUpdates: pass.state, training: training,
+      complete: keeping == nil)
   }
 
   /// The recorded pass `base` again with the values in `overriding` replaced (see `Tape.replay`):
@@ -194,22 +202,49 @@ public final class Interpreter: @unchecked Sendable {
       [:], taps: [], scope: { _ in nil }, recording: true, training: base.training, replay: (base.values, overriding))
     return Tape(
       interpreter: self, values: pass.values, records: pass.records, outputs: pass.outputs, stateUpdates: pass.state, training: base.training,
-      replay: Tape.Replay(replaced: Set(overriding.keys.compactMap { slotOf[$0] }), recomputed: pass.recomputed, boundary: pass.boundary))
+      complete: true, replay: Tape.Replay(replaced: Set(overriding.keys.compactMap { slotOf[$0] }), recomputed: pass.recomputed, boundary: pass.boundary))
   }
 
+  /// A value's shape and dtype.
+  struct ValueType {
+    let shape: [Int]
+    let dtype: DataType
+    /// The value's elements are in N, H, W, C order (`Tensor.channelsLast`).
+    var channelsLast = false
+  }
+
+  /// One node of a recorded pass.
   struct Record {
     let step: Int
+    /// What the node's `backward` receives: the values it saves, and in place of every other an
+    /// empty tensor (shape [0]) of the value's dtype.
     let inputs: [Tensor?]
     let outputs: [Tensor]
+    /// The shape and dtype of each input (nil where omitted) and output.
+    let inputTypes: [ValueType?]
+    let outputTypes: [ValueType]
+
+    init(step: Int, inputs: [Tensor?], outputs: [Tensor], saving saved: SavedValues) {
+      self.step = step
+      func type(_ value: Tensor) -> ValueType { ValueType(shape: value.shape, dtype: value.dtype, channelsLast: value.channelsLast) }
+      (inputTypes, outputTypes) = (inputs.map { $0.map(type) }, outputs.map(type))
+      self.inputs = saved.inputs ? inputs : inputs.map { $0.map { Tensor.unsaved(like: $0) } }
+      self.outputs = saved.outputs ? outputs : outputs.map { Tensor.unsaved(like: $0) }
+    }
+
+    /// The same node with nothing saved (after the reverse pass used it).
+    func emptied() -> Record { Record(step: step, inputs: [], outputs: [], saving: .all) }
   }
 
-  /// One pass. With `replay`, the pass starts from the values of a recorded pass (`base`) with
-  /// those in `overriding` replaced (same shapes and dtypes), and runs only the nodes that read a
-  /// replaced value or one such a node computed (`recomputed`: those values and the replaced
-  /// ones); `boundary` lists the float values computed by skipped nodes that the run nodes read.
+  /// One pass. Recording, it keeps every value unless `pruning` (then, as an unrecorded pass, only
+  /// the taps, outputs and initializers, besides what the records save). With `replay`, the pass
+  /// starts from the values of a recorded pass (`base`) with those in `overriding` replaced (same
+  /// shapes and dtypes), and runs only the nodes that read a replaced value or one such a node
+  /// computed (`recomputed`: those values and the replaced ones); `boundary` lists the float
+  /// values computed by skipped nodes that the run nodes read.
   private func forward(
     _ feeds: [String: Tensor], taps: Set<String>, scope: @escaping (String) -> Tensor?, recording: Bool, training: Bool,
-    replay: (base: [Tensor?], overriding: [String: Tensor])? = nil
+    pruning: Bool = false, replay: (base: [Tensor?], overriding: [String: Tensor])? = nil
   ) throws -> (
     outputs: [Tensor], taps: [String: Tensor], values: [Tensor?], records: [Record], state: [String: Tensor], recomputed: Set<Int>,
     boundary: Set<Int>
@@ -293,8 +328,10 @@ public final class Interpreter: @unchecked Sendable {
         if tapSlots.contains(slot) { tapped[names[slot]] = results[index].planar() }
       }
       if recording {
-        records.append(Record(step: index, inputs: inputs, outputs: results))
-      } else {
+        let saved = (step.op as? any DifferentiableOperator)?.savedForBackward ?? .none
+        records.append(Record(step: index, inputs: inputs, outputs: results, saving: saved))
+      }
+      if !recording || pruning {
         for slot in step.releases where !tapSlots.contains(slot) { values[slot] = nil }
       }
     }
@@ -309,6 +346,16 @@ public final class Interpreter: @unchecked Sendable {
   /// The float initializers: the values training can update.
   public var parameterNames: [String] {
     graph.initializers.filter { $0.dataType.isFloatingPoint }.compactMap(\.name)
+  }
+
+  /// Empties the data of `graph`'s initializers (names, dtypes and dims stay). The interpreter
+  /// computes with its own decoded copies (`parameter`), so a caller that keeps no other use for
+  /// the model's tensor bytes (a distillation teacher) frees them.
+  public func releaseInitializerData() {
+    for index in graph.initializers.indices {
+      graph.initializers[index].bytes = []
+      graph.initializers[index].strings = []
+    }
   }
 
   /// The current value of an initializer.

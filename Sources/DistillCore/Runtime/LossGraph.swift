@@ -52,10 +52,10 @@ public final class LossGraph: @unchecked Sendable {
     if targets.isEmpty {
       outputs = try interpreter.run(feeds).outputs
     } else {
-      let tape = try interpreter.record(feeds, training: true)
+      let tape = try interpreter.record(feeds, training: true, keeping: [])
       outputs = tape.outputs
       let seed = Tensor(shape: outputs[0].shape, floats: [Float](repeating: 1, count: outputs[0].count))
-      gradients = try tape.gradients(seeds: [lossName: seed], targets: targets)
+      gradients = try tape.gradients(seeds: [lossName: seed], targets: targets, releasing: true)
     }
     guard outputs[0].count == 1 else {
       throw RuntimeError("loss '\(lossName)' has shape \(outputs[0].shapeDescription), expected a scalar")
