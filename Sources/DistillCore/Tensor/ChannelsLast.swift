@@ -1,31 +1,23 @@
 extension Tensor {
   /// The same values with `floats` in row-major N, C, H, W order: `self` when it already is, a
   /// transposed copy when it is `channelsLast`.
-  public func planar() -> Tensor {
-    guard channelsLast else { return self }
-    let (batch, channels) = (shape[0], shape[1])
-    let size = count / max(1, batch * channels)
-    var result = self
-    result.channelsLast = false
-    result.floats = floats.withUnsafeBufferPointer {
-      Layout.transposeTiles(
-        $0.baseAddress!, offset: 0, batchDims: [batch], batchSteps: [size * channels], rows: channels, columns: size, columnStep: channels)
-    }
-    return result
-  }
+  public func planar() -> Tensor { channelsLast ? relaid(channelsLast: false) : self }
 
   /// The same values with `floats` in N, H, W, C order (a 4-D float tensor); `self` when it
   /// already is.
-  func channelsLastCopy() -> Tensor {
-    guard !channelsLast else { return self }
+  func channelsLastCopy() -> Tensor { channelsLast ? self : relaid(channelsLast: true) }
+
+  /// Each image's [C, H*W] matrix transposed to [H*W, C] (`last`) or back.
+  private func relaid(channelsLast last: Bool) -> Tensor {
     precondition(rank == 4 && isFloat, "only 4-D float tensors have a channels-last layout")
-    let (batch, channels) = (shape[0], shape[1])
-    let size = shape[2] * shape[3]
+    let (batch, channels, size) = (shape[0], shape[1], shape[2] * shape[3])
+    let (rows, columns) = last ? (size, channels) : (channels, size)
     var result = self
-    result.channelsLast = true
+    result.channelsLast = last
+    guard count > 0 else { return result }
     result.floats = floats.withUnsafeBufferPointer {
       Layout.transposeTiles(
-        $0.baseAddress!, offset: 0, batchDims: [batch], batchSteps: [size * channels], rows: size, columns: channels, columnStep: size)
+        $0.baseAddress!, offset: 0, batchDims: [batch], batchSteps: [size * channels], rows: rows, columns: columns, columnStep: rows)
     }
     return result
   }
