@@ -201,7 +201,7 @@ struct Conv: ChannelsLastOperator {
               if onDNNL
                 && DNNL.convolution(
                   dnnlShape, px.baseAddress!, pw.baseAddress!, bias: bias == nil ? nil : pb.baseAddress!, py.baseAddress!,
-                  accumulate: accumulate, activation: epilogue, constantWeights: context.training ? nil : w.floats,
+                  accumulate: accumulate, activation: epilogue, constantWeights: context.training || context.recording ? nil : w.floats,
                   sourceChannelsLast: x.channelsLast, destinationChannelsLast: writeChannelsLast)
               {
                 return

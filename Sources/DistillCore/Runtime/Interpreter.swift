@@ -310,6 +310,7 @@ public final class Interpreter: @unchecked Sendable {
       if training { context.syncBatchStatistics = syncBatchStatistics }
       context.updateState = { name, value in state[name] = value }
       context.mayWriteChannelsLast = recording ? step.writesChannelsLastRecorded : step.writesChannelsLast
+      context.recording = recording
       var inputs = step.inputs.map { $0.flatMap { values[$0] } }
       if !step.acceptsChannelsLast {
         for index in inputs.indices where inputs[index]?.channelsLast == true { inputs[index] = inputs[index]!.planar() }

@@ -43,6 +43,9 @@ public struct ExecutionContext {
   /// Whether a `ChannelsLastOperator` may write its first output channels last: every reader of
   /// that value accepts the layout (set by the interpreter in inference passes only).
   public var mayWriteChannelsLast = false
+  /// The pass is recorded for a backward pass: its parameters may change before the next one
+  /// (so nothing may cache data derived from them by address).
+  public var recording = false
 
   public func error(_ message: String) -> RuntimeError { RuntimeError("\(label): \(message)") }
 
