@@ -23,7 +23,7 @@ struct Bench: ParsableCommand {
   @Flag(
     name: .long,
     help:
-      "Also time training steps: a recorded forward pass (BatchNormalization on batch statistics) and the backward pass to every parameter, unfused; train_to_forward_ratio compares them with the inference forward.")
+      "Also time training steps: a recorded forward pass (BatchNormalization on batch statistics) and the backward pass to every parameter, BatchNormalization not folded; train_to_forward_ratio compares them with the inference forward.")
   var train = false
 
   func validate() throws {

@@ -24,10 +24,11 @@ public enum DNNL {
     }
   }
 
+  /// A forward convolution's plan: its geometry and what it fuses.
   private struct PlanKey: Hashable {
     var shape: Shape
-    /// "forward", "backward", plus what the forward fuses.
-    var kind: String
+    var bias, accumulate: Bool
+    var activation: FusedActivation
   }
 
   /// A tensor as callers hold it, plain (NCHW / OIHW / X) or, for activations, channels last
@@ -323,7 +324,7 @@ public enum DNNL {
 
   // MARK: Planning
 
-  fileprivate static func descriptor(_ dims: [Int], _ tag: dnnl_format_tag_t) -> dnnl_memory_desc_t? {
+  private static func descriptor(_ dims: [Int], _ tag: dnnl_format_tag_t) -> dnnl_memory_desc_t? {
     var descriptor = dnnl_memory_desc_t()
     let sizes = dims.map { dnnl_dim_t($0) }
     return dnnl_memory_desc_init_by_tag(&descriptor, Int32(sizes.count), sizes, dnnl_f32, tag) == dnnl_success ? descriptor : nil
@@ -380,7 +381,7 @@ public enum DNNL {
   private static func forwardPlan(_ shape: Shape, bias: Bool, accumulate: Bool, _ activation: FusedActivation, _ runtime: Runtime)
     -> ForwardPlan?
   {
-    let key = PlanKey(shape: shape, kind: "forward \(bias) \(accumulate) \(activation)")
+    let key = PlanKey(shape: shape, bias: bias, accumulate: accumulate, activation: activation)
     if let plan = forwardPlans[key] { return plan }
     let plan = newForwardPlan(shape, bias: bias, accumulate: accumulate, activation, runtime)
     forwardPlans[key] = plan

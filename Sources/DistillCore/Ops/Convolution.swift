@@ -631,27 +631,7 @@ extension Conv: ChannelsLastDifferentiable {
     guard var dy = outputGradients[0], var x = inputs[0], let w = inputs[1] else { return inputs.map { _ in nil } }
     // A fused activation passes the gradient where its output shows it was active; a fused
     // residual receives that gradient as it is (the tape sums it down if it broadcast).
-    if activation != .none {
-      let y = outputs[0].floats
-      let count = dy.count
-      let masked = [Float](unsafeUninitializedCapacity: count) { out, initialized in
-        dy.floats.withUnsafeBufferPointer { source in
-          y.withUnsafeBufferPointer { result in
-            let (g, y, o) = (source.baseAddress!, result.baseAddress!, out.baseAddress!)
-            Parallel.forEachRange(count, work: count) { range in
-              switch activation {
-              case .none: for i in range { o[i] = g[i] }
-              case .relu: for i in range { o[i] = y[i] > 0 ? g[i] : 0 }
-              case .leakyRelu(let alpha): for i in range { o[i] = y[i] < 0 ? g[i] * alpha : g[i] }
-              case .clip(let low, let high): for i in range { o[i] = y[i] <= low || y[i] >= high ? 0 : g[i] }
-              }
-            }
-          }
-        }
-        initialized = count
-      }
-      dy.floats = masked
-    }
+    dy.floats = activation.backward(dy.floats, results: outputs[0].floats)
     let residualGradient: Tensor? = residual ? dy : nil
     let g = try geometry(x, w, context)
     let group = attributes.group
@@ -769,10 +749,8 @@ extension Conv: ChannelsLastDifferentiable {
     }
   }
 
-  /// Per-filter sums of an [N, M, size] gradient (the bias gradient), filters in parallel, each
-  /// plane over eight interleaved partial sums.
-  /// Per channel, the sum of a channels-last [rows, filters] array: rows split over the threads,
-  /// each summing its part into a row of partial sums.
+  /// Per channel, the sum of a channels-last [rows, filters] array (the bias gradient): rows split
+  /// over the threads, each summing its part into a row of partial sums.
   static func sumChannels(_ values: [Float], rows: Int, filters: Int) -> [Float] {
     let chunks = max(1, min(rows, Parallel.threads * 2))
     var partials = [Float](repeating: 0, count: chunks * filters)
@@ -791,6 +769,8 @@ extension Conv: ChannelsLastDifferentiable {
     return (0..<filters).map { m in (0..<chunks).reduce(0) { $0 + partials[$1 * filters + m] } }
   }
 
+  /// Per-filter sums of an [N, M, size] gradient (the bias gradient), filters in parallel, each
+  /// plane over eight interleaved partial sums.
   static func sumPlanes(_ values: [Float], batch: Int, filters: Int, size: Int) -> [Float] {
     [Float](unsafeUninitializedCapacity: filters) { sums, initialized in
       values.withUnsafeBufferPointer { p in

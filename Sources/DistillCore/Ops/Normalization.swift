@@ -204,7 +204,7 @@ struct InstanceNormalization: Operator {
   }
 }
 
-/// Group normalization as PyTorch exports it, fused by `Fusion` (inference only): `X` [N, C, ...]
+/// Group normalization as PyTorch exports it, fused by `Fusion`: `X` [N, C, ...]
 /// reshaped to [N, G, C/G * ...], InstanceNormalization with `group_scale`/`group_bias` [G], reshaped
 /// back, times `scale` and plus `bias` (C values, broadcast per channel), then the fused activation:
 /// `Y = act(((X - mean_g) / sqrt(var_g + epsilon) * group_scale_g + group_bias_g) * scale_c + bias_c)`.
@@ -256,10 +256,10 @@ struct FusedGroupNormalization: ChannelsLastDifferentiable {
                 if x.channelsLast {
                   let (xr, yr) = (xs + row * channels, ys + row * channels)
                   let (m, s) = (scales + row / size * channels, shifts + row / size * channels)
-                  for c in 0..<channels { yr[c] = FusedGroupNormalization.apply(xr[c] * m[c] + s[c], activation) }
+                  for c in 0..<channels { yr[c] = activation.apply(xr[c] * m[c] + s[c]) }
                 } else {
                   let (xr, yr, m, s) = (xs + row * size, ys + row * size, scales[row], shifts[row])
-                  for i in 0..<size { yr[i] = FusedGroupNormalization.apply(xr[i] * m + s, activation) }
+                  for i in 0..<size { yr[i] = activation.apply(xr[i] * m + s) }
                 }
               }
             }
@@ -351,16 +351,6 @@ struct FusedGroupNormalization: ChannelsLastDifferentiable {
     let squares = (0..<channels).map { c in (0..<chunks).reduce(0) { $0 + partials[(2 * $1 + 1) * channels + c] } }
     return (shift, sums, squares)
   }
-
-  @inline(__always)
-  static func apply(_ v: Float, _ activation: FusedActivation) -> Float {
-    switch activation {
-    case .none: return v
-    case .relu: return max(v, 0)
-    case .leakyRelu(let alpha): return v >= 0 ? v : alpha * v
-    case .clip(let low, let high): return min(max(v, low), high)
-    }
-  }
 }
 
 extension FusedGroupNormalization {
@@ -382,22 +372,7 @@ extension FusedGroupNormalization {
     let size = x.count / max(1, batch * channels), perGroup = channels / groups, count = Double(perGroup * size)
     let channelsLast = x.channelsLast, activation = self.activation
     // dz, and per (image, channel) the mean and 1/sigma of its group.
-    let dz = [Float](unsafeUninitializedCapacity: dy.count) { out, initialized in
-      dy.floats.withUnsafeBufferPointer { g in
-        y.floats.withUnsafeBufferPointer { r in
-          let (g, r, o) = (g.baseAddress!, r.baseAddress!, out.baseAddress!)
-          Parallel.forEachRange(dy.count, work: dy.count) { range in
-            switch activation {
-            case .none: for i in range { o[i] = g[i] }
-            case .relu: for i in range { o[i] = r[i] > 0 ? g[i] : 0 }
-            case .leakyRelu(let alpha): for i in range { o[i] = r[i] < 0 ? g[i] * alpha : g[i] }
-            case .clip(let low, let high): for i in range { o[i] = r[i] <= low || r[i] >= high ? 0 : g[i] }
-            }
-          }
-        }
-      }
-      initialized = dy.count
-    }
+    let dz = activation.backward(dy.floats, results: y.floats)
     let moments = FusedGroupNormalization.moments(x, groups: groups)
     var mean = [Double](repeating: 0, count: batch * channels), rstd = mean
     for n in 0..<batch {

@@ -1,7 +1,8 @@
 /// Graph rewrites that save passes over memory: a Conv whose output is used only by an inference
 /// BatchNormalization with constant statistics (folded into its weights), an Add (a residual
 /// connection) and/or an activation (Relu, LeakyRelu, Clip with constant bounds) absorbs them;
-/// PyTorch's exported GroupNorm becomes one node (`FusedGroupNormalization`). The fused Conv carries `distill.residual` (its extra 4th input is added to the
+/// PyTorch's exported GroupNorm becomes one node (`FusedGroupNormalization`). The fused Conv
+/// carries `distill.residual` (its extra 4th input is added to the
 /// result) and `distill.activation` attributes. Values named in `keep` (taps, graph outputs) are never
 /// fused away.
 enum Fusion {
@@ -200,8 +201,8 @@ enum Fusion {
   }
 }
 
-/// What a fused Conv applies to its result, elementwise.
-enum FusedActivation: Sendable, Equatable {
+/// What a fused Conv or GroupNorm applies to its result, elementwise.
+enum FusedActivation: Sendable, Hashable {
   case none
   case relu
   case leakyRelu(Float)
@@ -216,6 +217,40 @@ enum FusedActivation: Sendable, Equatable {
     case 0: self = .relu
     case 1: self = .leakyRelu(spec[1])
     default: self = .clip(spec[1], spec[2])
+    }
+  }
+
+  /// The activation of `v`.
+  @inline(__always)
+  func apply(_ v: Float) -> Float {
+    switch self {
+    case .none: return v
+    case .relu: return max(v, 0)
+    case .leakyRelu(let alpha): return v >= 0 ? v : alpha * v
+    case .clip(let low, let high): return min(max(v, low), high)
+    }
+  }
+
+  /// The gradient `dy` of the activation's results `y` carried back through it: dy times the
+  /// activation's slope, read off its result.
+  func backward(_ dy: [Float], results y: [Float]) -> [Float] {
+    if self == .none { return dy }
+    let count = dy.count
+    return [Float](unsafeUninitializedCapacity: count) { out, initialized in
+      dy.withUnsafeBufferPointer { source in
+        y.withUnsafeBufferPointer { result in
+          let (g, y, o) = (source.baseAddress!, result.baseAddress!, out.baseAddress!)
+          Parallel.forEachRange(count, work: count) { range in
+            switch self {
+            case .none: for i in range { o[i] = g[i] }
+            case .relu: for i in range { o[i] = y[i] > 0 ? g[i] : 0 }
+            case .leakyRelu(let alpha): for i in range { o[i] = y[i] < 0 ? g[i] * alpha : g[i] }
+            case .clip(let low, let high): for i in range { o[i] = y[i] <= low || y[i] >= high ? 0 : g[i] }
+            }
+          }
+        }
+      }
+      initialized = count
     }
   }
 }

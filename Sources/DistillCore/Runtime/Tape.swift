@@ -164,14 +164,13 @@ public final class Tape {
       let wantedIndices = Set(wanted.map(\.offset))
       context.neededGradients = step.inputs.indices.map(wantedIndices.contains)
       let start = interpreter.profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
-      let inputGradients: [Tensor?]
-      if op is any ChannelsLastDifferentiable {
-        inputGradients = try op.backward(record.inputs, record.outputs, outputGradients, context)
-      } else {
-        // The recorded pass gives such ops only planar values; this keeps it so if that changes.
-        inputGradients = try op.backward(
-          record.inputs.map { $0?.planar() }, record.outputs.map { $0.planar() }, outputGradients.map { $0?.planar() }, context)
-      }
+      // The recorded pass writes a value channels last only when all its readers differentiate in
+      // that layout (`Interpreter`), so every other op sees planar values and gradients.
+      assert(
+        op is any ChannelsLastDifferentiable
+          || !(record.inputs.contains { $0?.channelsLast == true } || outputGradients.contains { $0?.channelsLast == true }),
+        "\(step.node.label) differentiates planar values only")
+      let inputGradients = try op.backward(record.inputs, record.outputs, outputGradients, context)
       if interpreter.profile != nil {
         interpreter.profile!["backward " + step.node.opType, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
       }
